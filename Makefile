@@ -1,0 +1,50 @@
+# nnserve: `make serve` runs the service on the shipped models; `make test` runs the tests.
+# Every target creates or refreshes the local virtual environment (.venv) when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# pip finds the local CPU torch wheel through PIP_FIND_LINKS / pip.conf where the machine has one.
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: serve test train check lint format bench system-packages clean help
+
+help:
+	@echo "make serve   - serve models/ at http://127.0.0.1:8000 (serving dependencies only)"
+	@echo "make test    - install everything needed, then run the whole test suite"
+	@echo "make train   - train all three networks and publish new versions into models/"
+	@echo "make check   - ruff (lint + format check) and mypy"
+
+$(VENV)/.serve: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.serve
+	$(PIP) -e '.[train,dev]'
+	@touch $@
+
+serve: $(VENV)/.serve
+	$(PY) -m service
+
+system-packages:
+	bash scripts/system-packages.sh
+
+test: $(VENV)/.dev system-packages
+	$(PY) -m pytest
+
+train: $(VENV)/.dev system-packages
+	$(PY) -m training all
+
+check: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

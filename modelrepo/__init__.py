@@ -1,0 +1,55 @@
+"""The model repository contract shared by training (writer) and serving (reader).
+
+``models/<name>/<version>/model.onnx`` + ``model.json``; ``model.json`` is defined by
+:class:`ModelCard`, the one schema both sides use. Nothing here imports torch or onnxruntime.
+"""
+
+from modelrepo.card import (
+    ClassMetrics,
+    DatasetInfo,
+    FeatureBaseline,
+    ModelCard,
+    Parity,
+    Provenance,
+    ReferenceCase,
+    Tensor,
+    TensorSpec,
+    TestMetrics,
+    is_valid_name,
+)
+from modelrepo.layout import (
+    CARD_FILE,
+    MODEL_FILE,
+    PublishError,
+    RepositoryError,
+    file_sha256,
+    is_valid_version,
+    publish,
+    read_card,
+    scan,
+    version_dir,
+)
+
+__all__ = [
+    "CARD_FILE",
+    "MODEL_FILE",
+    "ClassMetrics",
+    "DatasetInfo",
+    "FeatureBaseline",
+    "ModelCard",
+    "Parity",
+    "Provenance",
+    "PublishError",
+    "ReferenceCase",
+    "RepositoryError",
+    "Tensor",
+    "TensorSpec",
+    "TestMetrics",
+    "file_sha256",
+    "is_valid_name",
+    "is_valid_version",
+    "publish",
+    "read_card",
+    "scan",
+    "version_dir",
+]

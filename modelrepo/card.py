@@ -1,0 +1,175 @@
+"""``model.json``: the metadata that travels with every published ``model.onnx``.
+
+One pydantic model, written by training and read by the service. Field names are the
+contract (DESIGN §2); add fields with defaults, never rename or repurpose one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+#: Open Inference Protocol datatypes (the numeric ones a model input may declare).
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64",
+]  # fmt: skip
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    """One named graph input or output. ``-1`` marks a dynamic axis (batch, sequence length)."""
+
+    name: str
+    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=-1)]]
+    description: str = ""
+    #: Accepted value range of every element, where the model knows one (e.g. pixels 0-255).
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+class Tensor(_Frozen):
+    """A concrete tensor in Open-Inference-Protocol form: flat row-major data plus a shape."""
+
+    name: str
+    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=0)]]
+    data: list[float]
+
+    @model_validator(mode="after")
+    def _size_matches_shape(self) -> Tensor:
+        size = 1
+        for dim in self.shape:
+            size *= dim
+        if size != len(self.data):
+            raise ValueError(
+                f"tensor {self.name!r}: shape {self.shape} needs {size} values, "
+                f"got {len(self.data)}"
+            )
+        return self
+
+
+class ReferenceCase(_Frozen):
+    """Inputs and the outputs they must produce; the service replays these at load time."""
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+
+
+class ClassMetrics(_Frozen):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class TestMetrics(_Frozen):
+    """Figures on the official test split, computed once after training."""
+
+    __test__ = False  # not a pytest class
+
+    accuracy: float = Field(ge=0, le=1)
+    loss: float = Field(ge=0)
+    n: int = Field(gt=0)
+    per_class: list[ClassMetrics]
+    confusion_matrix: list[list[int]]
+
+
+class DatasetInfo(_Frozen):
+    name: str
+    source: str
+    #: sha256 over the raw arrays of every split, so a changed dataset is noticed.
+    fingerprint: str = Field(pattern=SHA256_PATTERN)
+    n_train: int
+    n_val: int
+    n_test: int
+    split: str
+
+
+class Provenance(_Frozen):
+    dataset: DatasetInfo
+    hyperparameters: dict[str, float | int | str | bool | None]
+    seed: int
+    epochs_run: int
+    best_epoch: int
+    wall_time_s: float
+    torch_version: str
+    onnx_version: str
+    onnxruntime_version: str
+    opset: int
+    created_at: str
+    trained_on: str = ""
+
+
+class Parity(_Frozen):
+    """max |onnxruntime - PyTorch| over ``n_samples`` test samples, every output."""
+
+    max_abs_diff: float = Field(ge=0)
+    n_samples: int = Field(gt=0)
+    tolerance: float = Field(gt=0)
+
+
+class FeatureBaseline(_Frozen):
+    """Training-split histogram of one input feature, the reference for drift (PSI)."""
+
+    name: str
+    bin_edges: list[float]
+    fractions: list[float]
+
+
+class ModelCard(_Frozen):
+    """The whole of ``model.json``."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(gt=0)
+    kind: Literal["ann", "cnn", "lstm"]
+    task: Literal["classification", "regression"]
+    description: str = ""
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    labels: list[str] = []
+    feature_names: list[str] = []
+    metrics: TestMetrics
+    provenance: Provenance
+    onnx_sha256: str = Field(pattern=SHA256_PATTERN)
+    parity: Parity
+    reference: list[ReferenceCase] = Field(min_length=1)
+    #: Absolute tolerance for the service's load-time replay of ``reference``.
+    reference_atol: float = Field(default=1e-4, gt=0)
+    baseline: list[FeatureBaseline] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.task == "classification" and not self.labels:
+            raise ValueError("a classification model needs its class labels")
+        if self.feature_names and len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError("feature names must be unique")
+        declared = {t.name for t in self.inputs} | {t.name for t in self.outputs}
+        for case in self.reference:
+            for tensor in (*case.inputs, *case.outputs):
+                if tensor.name not in declared:
+                    raise ValueError(
+                        f"reference tensor {tensor.name!r} is not a declared input or output"
+                    )
+        return self
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1) + "\n"
+
+
+def is_valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that training and the tests need, when they are missing.
+#   dataset-fashion-mnist  Fashion-MNIST IDX files for fashion-cnn (/usr/share/datasets/fashion-mnist)
+# Needs root (or sudo) and apt-get; elsewhere it says what to install and carries on.
+set -euo pipefail
+packages=(dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "system-packages: please install ${missing[*]} (no apt-get here)" >&2
+  exit 0
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+    echo "system-packages: please run: sudo apt-get install ${missing[*]}" >&2
+    exit 0
+  fi
+fi
+echo "system-packages: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

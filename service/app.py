@@ -1,0 +1,98 @@
+"""The app factory: ``create_app(settings)``. Nothing happens at import time; the lifespan
+builds the metrics, loads the repository and hands the services to requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service import __version__, routes_v1, routes_v2
+from service.engine import Engine
+from service.errors import InvalidInput, NNServeError
+from service.http import RequestObserver, error_response, json_response
+from service.metrics import CONTENT_TYPE, Metrics
+from service.registry import Registry
+from service.schemas import DOCUMENTED
+from service.settings import Settings
+from service.state import Services, services
+
+log = logging.getLogger("nnserve.app")
+
+DESCRIPTION = """Serves the networks in the model repository with onnxruntime.
+
+* **Open Inference Protocol (KServe v2)** under `/v2`, with the binary tensor data extension.
+* **Friendly JSON** under `/v1`: `{"instances": [...]}` → `{"predictions": [...]}`.
+* Prometheus metrics at `/metrics`. Errors are `{"error": "..."}` with a 4xx/5xx status.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        registry = Registry(
+            settings.model_repository,
+            metrics,
+            threads=settings.session_threads,
+            self_check=settings.self_check,
+        )
+        await asyncio.to_thread(registry.load_all)
+        engine = Engine()
+        try:
+            yield {"nnserve": Services(settings, metrics, registry, engine)}
+        finally:
+            engine.close()
+            registry.unload_all()
+
+    app = FastAPI(title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.include_router(routes_v2.router)
+    app.include_router(routes_v1.router)
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics (text format)")
+    async def prometheus(request: Request) -> Response:
+        return Response(services(request).metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(NNServeError)
+    async def domain_error(request: Request, exc: NNServeError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return json_response({"error": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            _, defs = models_json_schema(
+                [(m, "validation") for m in DOCUMENTED], ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                defs.get("$defs", {})
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(RequestObserver, metrics=metrics)
+    return app

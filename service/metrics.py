@@ -1,0 +1,184 @@
+"""Every Prometheus metric of the service, defined here and nowhere else.
+
+Observed at two choke points: :class:`service.http.RequestObserver` (one per HTTP request)
+and :meth:`Metrics.inference_done` (one per onnxruntime run). Each app owns its registry, so
+tests can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from modelrepo import ModelCard
+
+#: Sub-millisecond to ten seconds.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class VersionMetrics:
+    """The labelled children of one model version, resolved once (``.labels`` is not free)."""
+
+    inference: Histogram
+    queue: Histogram
+    batch: Histogram
+    samples: Counter
+    runs: Counter
+    classes: list[Counter] = field(default_factory=list)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        mv = ["model", "version"]
+        self.requests = Counter(
+            "nnserve_requests",
+            "HTTP requests answered, by protocol (v1, v2, metrics, other), "
+            "model, version and status code",
+            ["protocol", "model", "version", "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "nnserve_request_duration_seconds",
+            "Time from request start to response end",
+            ["protocol", "model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "nnserve_requests_in_flight",
+            "Requests being handled now",
+            ["protocol"],
+            registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "nnserve_queue_duration_seconds",
+            "Time a request waited before its inference ran",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "nnserve_inference_duration_seconds",
+            "onnxruntime run time of one batch",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "nnserve_batch_size",
+            "Samples per onnxruntime run",
+            mv,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.samples = Counter(
+            "nnserve_inferred_samples", "Samples inferred", mv, registry=registry
+        )
+        self.runs = Counter(
+            "nnserve_inference_runs",
+            "onnxruntime runs (samples / runs = mean batch size)",
+            mv,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "nnserve_queue_depth", "Samples waiting for inference", mv, registry=registry
+        )
+        self.predictions = Counter(
+            "nnserve_predictions", "Predicted class labels", [*mv, "label"], registry=registry
+        )
+        self.models_loaded = Gauge(
+            "nnserve_models_loaded", "Model versions loaded and serving", registry=registry
+        )
+        self.load_duration = Gauge(
+            "nnserve_model_load_duration_seconds",
+            "Time the last load of a version took (checks included)",
+            mv,
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "nnserve_model_load_failures",
+            "Versions refused at load time, by reason",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "nnserve_model_info",
+            "1 for each version serving, with its provenance as labels",
+            [*mv, "kind", "sha256", "dataset", "test_accuracy"],
+            registry=registry,
+        )
+
+    # -- model lifecycle -------------------------------------------------------------------
+    def version_loaded(self, card: ModelCard, seconds: float) -> VersionMetrics:
+        labels = (card.name, str(card.version))
+        self.load_duration.labels(*labels).set(seconds)
+        self.model_info.labels(
+            *labels,
+            card.kind,
+            card.onnx_sha256,
+            card.provenance.dataset.name,
+            f"{card.metrics.accuracy:.4f}",
+        ).set(1)
+        self.models_loaded.inc()
+        return VersionMetrics(
+            inference=self.inference_duration.labels(*labels),
+            queue=self.queue_duration.labels(*labels),
+            batch=self.batch_size.labels(*labels),
+            samples=self.samples.labels(*labels),
+            runs=self.runs.labels(*labels),
+            classes=[self.predictions.labels(*labels, label) for label in card.labels],
+        )
+
+    def version_unloaded(self, card: ModelCard) -> None:
+        self.models_loaded.dec()
+        self.model_info.remove(
+            card.name,
+            str(card.version),
+            card.kind,
+            card.onnx_sha256,
+            card.provenance.dataset.name,
+            f"{card.metrics.accuracy:.4f}",
+        )
+
+    def load_failed(self, model: str, reason: str) -> None:
+        self.load_failures.labels(model, reason).inc()
+
+    # -- the inference choke point ---------------------------------------------------------
+    @staticmethod
+    def inference_done(
+        children: VersionMetrics, n_samples: int, seconds: float, predicted: np.ndarray | None
+    ) -> None:
+        children.inference.observe(seconds)
+        children.batch.observe(n_samples)
+        children.samples.inc(n_samples)
+        children.runs.inc()
+        if predicted is not None and children.classes:
+            for index, count in enumerate(np.bincount(predicted, minlength=len(children.classes))):
+                if count:
+                    children.classes[index].inc(int(count))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "Metric", "Metrics", "VersionMetrics"]

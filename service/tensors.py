@@ -1,0 +1,117 @@
+"""Raw request values → a validated float32 batch for one model input.
+
+Shared by both protocols: they differ in how values arrive (nested JSON, flat JSON with a
+shape, raw bytes), not in what a model accepts. Checks run on whole arrays, never element by
+element in Python: shape against the declared one, numbers only, finite, declared range.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelrepo import TensorSpec
+from service.errors import InvalidInput
+
+#: Open Inference Protocol datatype → numpy dtype (BYTES is not numeric: refused).
+V2_DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(t) for name, t in {
+        "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+        "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+        "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    }.items()
+}  # fmt: skip
+#: What a float model input accepts: every numeric datatype; BOOL and BYTES are refused.
+FLOAT_COMPATIBLE = frozenset(V2_DTYPES) - {"BOOL"}
+
+
+def describe_shape(shape: list[int] | tuple[int, ...]) -> str:
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+
+def contains_bool(value: Any) -> bool:
+    """Any JSON boolean inside nested lists (only called when the body has one at all)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, list):
+        return any(contains_bool(v) for v in value)
+    return False
+
+
+def from_json(name: str, values: Any, *, check_bools: bool) -> np.ndarray:
+    """Nested (or flat) JSON numbers → a numeric array; strings, booleans, ragged → 400."""
+    if not isinstance(values, list):
+        raise InvalidInput(
+            f"input {name!r}: expected an array of numbers, got {type(values).__name__}"
+        )
+    if check_bools and contains_bool(values):
+        raise InvalidInput(f"input {name!r}: expected numbers, got a boolean")
+    try:
+        array = np.array(values)
+    except ValueError as exc:  # ragged nesting
+        raise InvalidInput(
+            f"input {name!r}: nested arrays have inconsistent lengths ({exc})"
+        ) from None
+    if array.dtype.kind not in "iuf":
+        got = {
+            "U": "strings",
+            "S": "strings",
+            "O": "mixed or non-numeric values",
+            "b": "booleans",
+        }.get(array.dtype.kind, str(array.dtype))
+        raise InvalidInput(f"input {name!r}: expected numbers, got {got}")
+    return array
+
+
+def check_declared_type(name: str, datatype: str, array: np.ndarray) -> None:
+    """JSON values must be representable in the datatype the request declares."""
+    dtype = V2_DTYPES[datatype]
+    if dtype.kind not in "iu" or array.dtype.kind not in "iuf":
+        return
+    if array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
+        raise InvalidInput(f"input {name!r}: datatype {datatype} but the data has fractions")
+    info = np.iinfo(dtype)
+    if array.min() < info.min or array.max() > info.max:
+        raise InvalidInput(
+            f"input {name!r}: values outside the range of {datatype} [{info.min}, {info.max}]"
+        )
+
+
+def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """Binary tensor data extension: little-endian row-major bytes of ``datatype``."""
+    dtype = V2_DTYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name!r}: datatype {datatype!r} has no binary form here")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def conform(spec: TensorSpec, array: np.ndarray, name: str | None = None) -> np.ndarray:
+    """Check ``array`` against ``spec`` and return it as a contiguous float32 batch."""
+    label = name or spec.name
+    if array.ndim != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=False)
+    ):
+        raise InvalidInput(
+            f"input {label!r}: expected shape {describe_shape(spec.shape)}, got {list(array.shape)}"
+        )
+    if 0 in array.shape:
+        raise InvalidInput(f"input {label!r}: shape {list(array.shape)} holds no values")
+    if array.dtype.kind == "b":
+        raise InvalidInput(f"input {label!r}: expected numbers, got booleans")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow → inf, refused just below
+        batch = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind == "f" and not np.isfinite(batch).all():
+        raise InvalidInput(f"input {label!r}: values must be finite; got NaN or infinity")
+    low, high = spec.min_value, spec.max_value
+    if (low is not None and batch.min() < low) or (high is not None and batch.max() > high):
+        raise InvalidInput(
+            f"input {label!r}: values must be within [{low}, {high}]; got "
+            f"min {batch.min():g}, max {batch.max():g}"
+        )
+    return batch

@@ -1,0 +1,143 @@
+"""The three networks. Each starts with a :class:`Normalize` layer whose buffers are fitted on
+the training split, so the exported graph takes raw values and serving never repeats the math.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with fitted, saved (non-trainable) buffers."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float().clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class MLP(nn.Module):
+    """Tabular rows ``[B, F]`` → class logits."""
+
+    def __init__(
+        self,
+        normalize: Normalize,
+        n_features: int,
+        hidden: tuple[int, ...],
+        n_classes: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [normalize]
+        width = n_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, n_classes))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class CNN(nn.Module):
+    """Gray images ``[B, H, W]`` of raw pixel values 0-255 → class logits."""
+
+    def __init__(
+        self,
+        normalize: Normalize,
+        channels: tuple[int, ...],
+        hidden: int,
+        n_classes: int,
+        dropout: float,
+        side: int = 28,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize
+        blocks: list[nn.Module] = []
+        width = 1
+        for size in channels:
+            blocks += [
+                nn.Conv2d(width, size, 3, padding=1, bias=False),
+                nn.BatchNorm2d(size),
+                nn.ReLU(),
+                nn.Conv2d(size, size, 3, padding=1, bias=False),
+                nn.BatchNorm2d(size),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            width = size
+            side //= 2
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(width * side * side, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x).unsqueeze(1)))
+
+
+class SequenceLSTM(nn.Module):
+    """Sequences ``[B, T, C]`` → class logits from the final hidden state.
+
+    Training passes ``lengths`` for padded batches and the LSTM runs on a packed sequence, so
+    padding never reaches the state. The exported graph is traced without ``lengths``: it takes
+    batches of one length (any length), which is how the service groups them.
+    """
+
+    def __init__(
+        self,
+        normalize: Normalize,
+        n_channels: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        n_classes: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.lstm = nn.LSTM(
+            n_channels,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.directions = 2 if bidirectional else 1
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(hidden * self.directions, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.normalize(x)
+        if lengths is None:
+            _, (h_n, _) = self.lstm(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = self.lstm(packed)
+        last = h_n[-self.directions :]  # the top layer, every direction: [dirs, B, H]
+        return self.head(torch.cat(list(last), dim=1))
+
+
+class WithProbabilities(nn.Module):
+    """The exported graph: ``logits`` and their ``softmax`` as two named outputs."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits, torch.softmax(logits, dim=1)

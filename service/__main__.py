@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import uvicorn
 
 from service.app import create_app
@@ -12,6 +14,9 @@ from service.settings import Settings
 def main() -> None:
     settings = Settings()
     configure(settings.log_level, settings.log_format)
+    # uvicorn handles SIGTERM (stop accepting, finish in-flight requests, run the lifespan's
+    # shutdown) and then re-raises it to the previous handler: make that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -19,7 +24,7 @@ def main() -> None:
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.drain_timeout) or None,
     )
 
 

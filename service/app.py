@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,8 +16,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service import __version__, routes_v1, routes_v2
-from service.engine import Engine
+from service import __version__, routes_repository, routes_v1, routes_v2
 from service.errors import InvalidInput, NNServeError
 from service.http import RequestObserver, error_response, json_response
 from service.metrics import CONTENT_TYPE, Metrics
@@ -41,23 +41,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
         registry = Registry(
             settings.model_repository,
             metrics,
+            settings.model_policy(),
+            executor,
             threads=settings.session_threads,
             self_check=settings.self_check,
+            drain_timeout_s=settings.drain_timeout,
         )
-        await asyncio.to_thread(registry.load_all)
-        engine = Engine()
+        await registry.sync()
+        poller = (
+            asyncio.create_task(registry.poll(settings.poll_interval))
+            if settings.poll_interval > 0
+            else None
+        )
         try:
-            yield {"nnserve": Services(settings, metrics, registry, engine)}
+            yield {"nnserve": Services(settings, metrics, registry)}
         finally:
-            engine.close()
-            registry.unload_all()
+            if poller is not None:
+                poller.cancel()
+            await registry.close()
+            executor.shutdown(wait=True)
+            log.info("stopped")
 
     app = FastAPI(title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)
+    app.include_router(routes_repository.router)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics (text format)")
     async def prometheus(request: Request) -> Response:

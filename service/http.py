@@ -90,7 +90,7 @@ class RequestObserver:
         )
         rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
-        labels: dict[str, str] = {"model": "", "version": ""}
+        labels: dict[str, Any] = {"model": "", "version": ""}
         scope["nnserve"] = labels
         labels["request_id"] = rid
         protocol = protocol_of(scope["path"])
@@ -127,6 +127,9 @@ class RequestObserver:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
+            lease = labels.get("lease")
+            if lease is not None:
+                lease.leases -= 1
             in_flight.dec()
             seconds = time.perf_counter() - started
             model, version = labels["model"], labels["version"]

@@ -18,7 +18,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -40,6 +39,7 @@ class VersionMetrics:
     batch: Histogram
     samples: Counter
     runs: Counter
+    queue_depth: Gauge
     classes: list[Counter] = field(default_factory=list)
 
 
@@ -146,11 +146,13 @@ class Metrics:
             batch=self.batch_size.labels(*labels),
             samples=self.samples.labels(*labels),
             runs=self.runs.labels(*labels),
+            queue_depth=self.queue_depth.labels(*labels),
             classes=[self.predictions.labels(*labels, label) for label in card.labels],
         )
 
     def version_unloaded(self, card: ModelCard) -> None:
         self.models_loaded.dec()
+        self.queue_depth.remove(card.name, str(card.version))
         self.model_info.remove(
             card.name,
             str(card.version),
@@ -181,4 +183,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "Metric", "Metrics", "VersionMetrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "VersionMetrics"]

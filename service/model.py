@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,9 @@ from pydantic import ValidationError
 from modelrepo import MODEL_FILE, ModelCard, file_sha256, read_card
 from service.errors import LoadError
 from service.metrics import VersionMetrics
+
+if TYPE_CHECKING:
+    from service.batcher import Batcher
 
 log = logging.getLogger("nnserve.model")
 
@@ -36,6 +40,8 @@ class ServedModel:
         )
         self.load_seconds = 0.0
         self.metrics: VersionMetrics | None = None
+        self.batcher: Batcher | None = None  # set when it starts serving
+        self.leases = 0  # requests that resolved this version and have not finished
 
     @classmethod
     def load(cls, folder: Path, *, threads: int = 1, self_check: bool = True) -> ServedModel:

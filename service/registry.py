@@ -1,90 +1,258 @@
-"""Which model versions are served: loads the repository and answers look-ups.
+"""Which model versions are served: loading, version policy, hot reload, look-ups.
 
-The served set is a dict replaced as a whole (never mutated in place), so a request that
-has looked a version up keeps using it even if a reload swaps another in beside it.
+``served`` is a dict replaced as a whole on every change (never mutated in place): a swap is
+one assignment on the event loop. A request holds the :class:`ServedModel` it resolved (a
+lease), so it finishes on the version it started on; a retired version is released once its
+leases and its queue have drained.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrepo import RepositoryError, is_valid_name, scan, version_dir
+from modelrepo import CARD_FILE, MODEL_FILE, RepositoryError, scan, version_dir
+from service.batcher import Batcher
 from service.errors import LoadError, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel
+from service.policy import ModelPolicy, read_policy
 
 log = logging.getLogger("nnserve.registry")
 
 
 @dataclass(frozen=True)
 class Failure:
-    version: int
     reason: str
     message: str
+    stamp: tuple[int, ...]  # the files' (mtime, size): a changed file is tried again
+
+
+@dataclass(frozen=True)
+class VersionState:
+    name: str
+    version: int
+    state: str  # READY | UNAVAILABLE
+    reason: str
+
+
+def _stamp(folder: Path) -> tuple[int, ...]:
+    stamp: list[int] = []
+    for name in (CARD_FILE, MODEL_FILE):
+        try:
+            st = (folder / name).stat()
+            stamp += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            stamp += [0, 0]
+    return tuple(stamp)
 
 
 class Registry:
     def __init__(
-        self, root: Path, metrics: Metrics, *, threads: int = 1, self_check: bool = True
+        self,
+        root: Path,
+        metrics: Metrics,
+        default_policy: ModelPolicy,
+        executor: Executor,
+        *,
+        threads: int = 1,
+        self_check: bool = True,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.root = root
         self.metrics = metrics
+        self.default_policy = default_policy
+        self.executor = executor
         self.threads = threads
         self.self_check = self_check
+        self.drain_timeout_s = drain_timeout_s
         self.served: dict[str, dict[int, ServedModel]] = {}
-        self.failures: dict[str, dict[int, Failure]] = {}
+        self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
+        self.unloaded: set[str] = set()  # unloaded through the management API
+        self.found: dict[str, list[int]] = {}
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
-    # -- loading ---------------------------------------------------------------------------
-    def load_all(self) -> None:
-        """Serve the newest version of every model that passes its checks."""
-        try:
-            found = scan(self.root)
-        except RepositoryError as exc:
-            log.error("cannot scan the model repository: %s", exc)
-            found = {}
-        self.expected = set(found)
-        served: dict[str, dict[int, ServedModel]] = {}
-        for name, versions in found.items():
-            for version in reversed(versions):
-                model = self._load(name, version)
-                if model is not None:
-                    served[name] = {version: model}
-                    break
-        self.served = served
-        log.info("serving %s", {n: sorted(v) for n, v in served.items()} or "nothing")
+    # -- synchronising with the repository -------------------------------------------------
+    async def sync(self, only: str | None = None) -> None:
+        """Bring the served set in line with the repository and the version policies.
 
-    def _load(self, name: str, version: int) -> ServedModel | None:
+        New versions are loaded and self-checked beside the serving ones, then swapped in;
+        versions that leave the policy (or the repository) are retired after they drain.
+        """
+        async with self._lock:
+            try:
+                found = await asyncio.to_thread(scan, self.root)
+            except RepositoryError as exc:
+                log.error("cannot scan the model repository: %s", exc)
+                found = {}
+            self.found = found
+            self.expected = set(found) - self.unloaded
+            served = dict(self.served)
+            for name in sorted(set(found) | set(served)):
+                if only is not None and name != only:
+                    continue
+                versions = [] if name in self.unloaded else found.get(name, [])
+                chosen = await self._choose(name, versions, served.get(name, {}))
+                if chosen:
+                    served[name] = chosen
+                else:
+                    served.pop(name, None)
+            previous, self.served = self.served, served
+            for name, retired in previous.items():
+                for version, model in retired.items():
+                    if served.get(name, {}).get(version) is not model:
+                        self._retire(model)
+            if previous.keys() != served.keys() or any(
+                previous[n].keys() != served[n].keys() for n in served if n in previous
+            ):
+                log.info("serving %s", {n: sorted(v) for n, v in served.items()} or "nothing")
+
+    async def _choose(
+        self, name: str, versions: list[int], current: dict[int, ServedModel]
+    ) -> dict[int, ServedModel]:
         try:
-            model = ServedModel.load(
-                version_dir(self.root, name, version),
-                threads=self.threads,
-                self_check=self.self_check,
+            policy = read_policy(self.root / name, self.default_policy)
+        except ValueError as exc:
+            log.error("ignoring invalid serving settings of %s: %s", name, exc)
+            policy = self.default_policy
+        candidates, wanted = policy.versions.choose(versions)
+        chosen: dict[int, ServedModel] = {}
+        for version in candidates:
+            if wanted is not None and len(chosen) >= wanted:
+                break
+            model = current.get(version)
+            if model is None:
+                model = await self._load(name, version, policy)
+            if model is not None:
+                chosen[version] = model
+        if not chosen and current and versions:
+            # nothing new passes its checks: whatever was serving keeps serving
+            still_there = {v: m for v, m in current.items() if v in versions}
+            return still_there
+        return chosen
+
+    async def _load(self, name: str, version: int, policy: ModelPolicy) -> ServedModel | None:
+        folder = version_dir(self.root, name, version)
+        stamp = _stamp(folder)
+        known = self.failures.get((name, version))
+        if known is not None and known.stamp == stamp:
+            return None  # refused before, unchanged since: not retried
+        try:
+            model = await asyncio.to_thread(
+                ServedModel.load, folder, threads=self.threads, self_check=self.self_check
             )
         except LoadError as exc:
-            self.failures.setdefault(name, {})[version] = Failure(version, exc.reason, str(exc))
+            self.failures[(name, version)] = Failure(exc.reason, str(exc), stamp)
             self.metrics.load_failed(name, exc.reason)
-            log.error("refused %s version %d: %s", name, version, exc)
+            log.error(
+                "refused %s version %d: %s",
+                name,
+                version,
+                exc,
+                extra={"model": name, "version": version, "reason": exc.reason},
+            )
             return None
+        self.failures.pop((name, version), None)
         model.metrics = self.metrics.version_loaded(model.card, model.load_seconds)
-        self.failures.get(name, {}).pop(version, None)
-        log.info("loaded %s version %d in %.3fs", name, version, model.load_seconds)
+        model.batcher = Batcher(model, policy.batching, self.executor)
+        log.info(
+            "loaded %s version %d in %.3fs",
+            name,
+            version,
+            model.load_seconds,
+            extra={"model": name, "version": version},
+        )
         return model
 
-    def unload_all(self) -> None:
-        for versions in self.served.values():
-            for model in versions.values():
-                self.metrics.version_unloaded(model.card)
-        self.served = {}
+    def _retire(self, model: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(model))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
-    # -- look-ups --------------------------------------------------------------------------
+    async def _drain(self, model: ServedModel) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while model.leases > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if model.batcher is not None:
+            await model.batcher.close(max(0.0, deadline - loop.time()))
+        self.metrics.version_unloaded(model.card)
+        log.info(
+            "released %s version %d",
+            model.name,
+            model.version,
+            extra={"model": model.name, "version": model.version},
+        )
+
+    # -- management --------------------------------------------------------------------------
+    async def load(self, name: str) -> None:
+        self.unloaded.discard(name)
+        await self.sync(only=name)
+        if name not in self.found:
+            raise ModelNotFound(f"no model {name!r} in the repository")
+        if not self.served.get(name):
+            reasons = sorted({f.reason for (n, _), f in self.failures.items() if n == name})
+            raise ModelNotReady(f"model {name!r} could not be loaded: {', '.join(reasons)}")
+
+    async def unload(self, name: str) -> None:
+        if name not in self.served and name not in self.found:
+            raise ModelNotFound(f"unknown model {name!r}")
+        self.unloaded.add(name)
+        await self.sync(only=name)
+
+    def index(self) -> list[VersionState]:
+        states = []
+        for name in sorted(set(self.found) | set(self.served)):
+            served = self.served.get(name, {})
+            for version in sorted(set(self.found.get(name, [])) | set(served)):
+                failure = self.failures.get((name, version))
+                if version in served:
+                    states.append(VersionState(name, version, "READY", ""))
+                elif failure is not None:
+                    states.append(VersionState(name, version, "UNAVAILABLE", failure.message))
+                elif name in self.unloaded:
+                    states.append(VersionState(name, version, "UNAVAILABLE", "unloaded"))
+                else:
+                    states.append(
+                        VersionState(
+                            name, version, "UNAVAILABLE", "not selected by the version policy"
+                        )
+                    )
+        return states
+
+    async def close(self) -> None:
+        """Shutdown: retire everything and wait for the drains."""
+        async with self._lock:
+            previous, self.served = self.served, {}
+            for versions in previous.values():
+                for model in versions.values():
+                    self._retire(model)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def poll(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except Exception:  # keep polling whatever one pass hit
+                log.exception("repository poll failed")
+
+    # -- look-ups ----------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> ServedModel:
         """The served version asked for, or the newest served one; raises 404 / 503."""
         versions = self.served.get(name)
         if not versions:
-            if name in self.expected or name in self.failures:
+            if name in self.unloaded:
+                raise ModelNotReady(
+                    f"model {name!r} is unloaded (management API); load it to serve it again"
+                )
+            if name in self.expected or any(n == name for n, _ in self.failures):
                 raise ModelNotReady(
                     f"model {name!r} is not ready: no version passed its load checks"
                 )
@@ -100,9 +268,6 @@ class Registry:
             )
         return model
 
-    def knows(self, name: str) -> bool:
-        return name in self.served or name in self.expected
-
     def ready(self) -> bool:
         return bool(self.expected) and all(self.served.get(n) for n in self.expected)
 
@@ -111,8 +276,3 @@ class Registry:
         if not text.isdigit() or text.startswith("0") or len(text) > 18:
             raise ModelNotFound(f"version {text!r} is not a positive integer")
         return int(text)
-
-    @staticmethod
-    def check_name(name: str) -> None:
-        if not is_valid_name(name):
-            raise ModelNotFound(f"unknown model {name!r}")

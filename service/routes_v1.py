@@ -52,9 +52,9 @@ async def predict(request: Request, model_name: str) -> Response:
     body = await read_body(request, s.settings.max_body_bytes)
     groups, n = v1.decode(body, model)
     if len(groups) == 1:
-        outputs = [await s.engine.infer(model, groups[0][1])]
+        outputs = [await s.infer(request, model, groups[0][1])]
     else:
-        outputs = list(await asyncio.gather(*(s.engine.infer(model, b) for _, b in groups)))
+        outputs = list(await asyncio.gather(*(s.infer(request, model, b) for _, b in groups)))
     return json_response(
         v1.encode(model, groups, outputs, n, request.scope["nnserve"]["request_id"])
     )

@@ -108,7 +108,7 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     model = s.resolve(request, model_name, model_version)
     body = await read_body(request, s.settings.max_body_bytes)
     decoded = v2.decode(body, request.headers.get(v2.HEADER_LENGTH), model)
-    outputs = await s.engine.infer(model, decoded.batch)
+    outputs = await s.infer(request, model, decoded.batch)
     content, header_length = v2.encode(
         model, decoded, outputs, request.scope["nnserve"]["request_id"]
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.batcher import BatchConfig
+from service.policy import ModelPolicy, VersionPolicy, check_policy
 
 
 class Settings(BaseSettings):
@@ -23,5 +26,36 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     #: onnxruntime intra-op threads per session (1 suits many small requests best).
     session_threads: int = Field(default=1, ge=1)
+    #: Threads running onnxruntime batches (each model version runs one batch at a time).
+    inference_threads: int = Field(default=2, ge=1)
     #: Compare reference outputs from model.json at load time (the self-check).
     self_check: bool = True
+    #: Which versions of each model to serve: latest:N, all, or specific:V1,V2,...
+    version_policy: str = "latest:1"
+    #: Seconds between repository scans for new or removed versions; 0 turns polling off.
+    poll_interval: float = Field(default=5.0, ge=0)
+    #: Dynamic batching: most samples per onnxruntime run ...
+    max_batch_size: int = Field(default=32, ge=1)
+    #: ... and how long a batch that already has company may wait for more (ms).
+    max_batch_delay_ms: float = Field(default=1.0, ge=0)
+    #: Samples that may wait per model version; beyond it, 503 with Retry-After.
+    max_queue_size: int = Field(default=1024, ge=1)
+    #: Deadline of a request unless its X-Request-Timeout-Ms header says otherwise; then 504.
+    request_timeout_ms: float = Field(default=30_000, gt=0)
+    #: Longest wait for in-flight requests at shutdown and for a retired version to drain.
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return check_policy(value)
+
+    def model_policy(self) -> ModelPolicy:
+        return ModelPolicy(
+            versions=VersionPolicy(self.version_policy),
+            batching=BatchConfig(
+                max_batch_size=self.max_batch_size,
+                max_batch_delay_s=self.max_batch_delay_ms / 1000,
+                max_queue_size=self.max_queue_size,
+            ),
+        )

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 
-from service.engine import Engine
+from service.batcher import TIMEOUT_HEADER, deadline_from
+from service.errors import ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.registry import Registry
@@ -19,15 +21,28 @@ class Services:
     settings: Settings
     metrics: Metrics
     registry: Registry
-    engine: Engine
 
     def resolve(self, request: Request, name: str, version: str | None = None) -> ServedModel:
-        """The served model a route is about; labels the request's metrics with it."""
+        """The served model a route is about. The request holds a lease on it until it ends
+        (released by the RequestObserver), and its metrics are labelled with it."""
         parsed = None if version is None else self.registry.parse_version(version)
         model = self.registry.get(name, parsed)
         labels: dict[str, Any] = request.scope["nnserve"]
         labels["model"], labels["version"] = model.name, str(model.version)
+        if labels.get("lease") is None:
+            model.leases += 1
+            labels["lease"] = model
         return model
+
+    async def infer(
+        self, request: Request, model: ServedModel, batch: np.ndarray
+    ) -> list[np.ndarray]:
+        if model.batcher is None:
+            raise ModelNotReady(f"model {model.name!r} version {model.version} is not serving")
+        deadline = deadline_from(
+            request.headers.get(TIMEOUT_HEADER), self.settings.request_timeout_ms / 1000
+        )
+        return await model.batcher.submit(batch, deadline)
 
 
 def services(request: Request) -> Services:

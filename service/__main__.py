@@ -24,6 +24,7 @@ def main() -> None:
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,  # nothing here reads client addresses; skip that middleware
         timeout_graceful_shutdown=int(settings.drain_timeout) or None,
     )
 

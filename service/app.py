@@ -15,13 +15,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, routes_repository, routes_v1, routes_v2
 from service.errors import InvalidInput, NNServeError
+from service.fastpath import FastPath
 from service.http import RequestObserver, error_response, json_response
 from service.metrics import CONTENT_TYPE, Metrics
 from service.registry import Registry
-from service.schemas import DOCUMENTED
+from service.schemas import DOCUMENTED, hot_paths
 from service.settings import Settings
 from service.state import Services, services
 
@@ -66,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             executor.shutdown(wait=True)
             log.info("stopped")
 
-    app = FastAPI(title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = ServiceApp(
+        title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)
     app.include_router(routes_repository.router)
@@ -99,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _, defs = models_json_schema(
                 [(m, "validation") for m in DOCUMENTED], ref_template="#/components/schemas/{model}"
             )
+            schema["paths"].update(hot_paths())
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 defs.get("$defs", {})
             )
@@ -106,5 +111,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(RequestObserver, metrics=metrics)
+    app.edge = RequestObserver(FastPath(app.framework), metrics)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, behind the edge: RequestObserver → FastPath → FastAPI's own stack.
+
+    The edge sits outside FastAPI's middleware so that it observes every request (errors
+    included) and so that the prediction hot path skips FastAPI's layers entirely.
+    """
+
+    edge: ASGIApp | None = None
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.edge is None:
+            await self.framework(scope, receive, send)
+        else:
+            await self.edge(scope, receive, send)

@@ -36,6 +36,7 @@ class BatchConfig:
     max_batch_size: int = 32
     max_batch_delay_s: float = 0.001
     max_queue_size: int = 1024  # samples
+    inline_s: float = 0.0002  # batches expected to run faster than this skip the thread hop
 
 
 @dataclass(eq=False)
@@ -58,7 +59,11 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(
             self._work(), name=f"batcher {model.name}/{model.version}"
         )
-        self._depth = None if model.metrics is None else model.metrics.queue_depth
+        if model.metrics is not None:  # read at scrape time, no lock per request
+            model.metrics.queue_depth.set_function(lambda: self.queued)
+        #: Seconds per sample (moving average): batches expected to take less than
+        #: ``inline_s`` run on the event loop, as the thread hop would cost more than the run.
+        self.per_sample_s = model.seconds_per_sample
 
     # -- the request side ------------------------------------------------------------------
     async def submit(self, batch: np.ndarray, deadline: float) -> list[np.ndarray]:
@@ -91,8 +96,6 @@ class Batcher:
 
     def _add(self, n: int) -> None:
         self.queued += n
-        if self._depth is not None:
-            self._depth.inc(n)
 
     # -- the worker ------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -147,7 +150,10 @@ class Batcher:
                     children.queue.observe(started - item.enqueued)
             batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
             try:
-                outputs = await loop.run_in_executor(self.executor, self._infer, batch)
+                if self.per_sample_s * len(batch) <= self.config.inline_s:
+                    outputs = self._infer(batch)
+                else:
+                    outputs = await loop.run_in_executor(self.executor, self._infer, batch)
             except Exception as exc:  # an onnxruntime failure: each request gets a 500
                 log.exception("inference failed for %s/%d", self.model.name, self.model.version)
                 for item in items:
@@ -168,6 +174,7 @@ class Batcher:
         started = time.perf_counter()
         outputs = self.model.run(batch)
         seconds = time.perf_counter() - started
+        self.per_sample_s = 0.9 * self.per_sample_s + 0.1 * seconds / len(batch)
         children = self.model.metrics
         if children is not None:
             index = self.model.probabilities_index
@@ -189,8 +196,7 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(DeadlineExceeded("the model was unloaded"))
         self.items.clear()
-        if self._depth is not None:
-            self._depth.set(0)
+        self.queued = 0
 
 
 TIMEOUT_HEADER = "x-request-timeout-ms"

@@ -5,6 +5,7 @@
      ├── Unauthorized        401  management call with a missing or wrong token
      ├── Forbidden           403  management API is off (no token configured)
      ├── ModelNotFound       404  unknown model or version
+     ├── MethodNotAllowed    405  e.g. GET on an inference route
      ├── BodyTooLarge        413  body over NNSERVE_MAX_BODY_BYTES
      ├── ModelNotReady       503  known, but not loaded (yet, or failed its checks)
      ├── Overloaded          503  queue full; carries Retry-After
@@ -40,6 +41,10 @@ class Forbidden(NNServeError):
 
 class ModelNotFound(NNServeError):
     status = 404
+
+
+class MethodNotAllowed(NNServeError):
+    status = 405
 
 
 class BodyTooLarge(NNServeError):

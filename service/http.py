@@ -1,20 +1,21 @@
 """The HTTP edge: one ASGI middleware observes every request (id, metrics, log line, last-
-resort 500), a bounded body reader, and the one table turning domain errors into responses."""
+resort 500), and the one table turning domain errors into responses."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import time
-import uuid
+from itertools import count
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BodyTooLarge, InvalidInput, NNServeError
+from service.errors import NNServeError
 from service.logs import request_id
 from service.metrics import Metrics
 
@@ -23,13 +24,12 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 JSON = "application/json"
 
 
+def error_body(exc: NNServeError) -> bytes:
+    return orjson.dumps({"error": exc.message})
+
+
 def error_response(exc: NNServeError) -> Response:
-    return Response(
-        orjson.dumps({"error": exc.message}),
-        status_code=exc.status,
-        headers=exc.headers,
-        media_type=JSON,
-    )
+    return Response(error_body(exc), status_code=exc.status, headers=exc.headers, media_type=JSON)
 
 
 def json_response(
@@ -41,24 +41,6 @@ def json_response(
         headers=headers,
         media_type=JSON,
     )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over ``limit`` before or while reading it."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise InvalidInput(f"invalid Content-Length {length!r}")
-        if int(length) > limit:
-            raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-        return await request.body()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def protocol_of(path: str) -> str:
@@ -73,38 +55,64 @@ class RequestObserver:
     """Pure ASGI middleware: the per-request choke point for metrics and logging.
 
     Handlers put the model and version they resolved into ``scope["nnserve"]`` so the labels
-    only ever carry names that exist (bounded cardinality).
+    only ever carry names that exist (bounded cardinality). Labelled metric children are
+    cached: ``.labels()`` is not free and this runs on every request.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._ids = count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        # in-flight counts are plain ints, read by the gauge at scrape time (no lock per request)
+        self._in_flight = dict.fromkeys(("v1", "v2", "metrics", "other"), 0)
+        for protocol in self._in_flight:
+            metrics.in_flight.labels(protocol).set_function(functools.partial(self._in_flight.__getitem__, protocol))
+
+    def _request_id(self, scope: Scope) -> str:
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                incoming: str = value.decode("latin-1")
+                if _SAFE_ID.fullmatch(incoming):
+                    return incoming
+        return f"{self._id_prefix}{next(self._ids):012x}"
+
+    def _observe(
+        self, protocol: str, model: str, version: str, status: int, seconds: float
+    ) -> None:
+        key = (protocol, model, version, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.requests.labels(protocol, model, version, str(status)),
+                self.metrics.request_duration.labels(protocol, model, version),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1"
-        )
-        rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = self._request_id(scope)
         token = request_id.set(rid)
-        labels: dict[str, Any] = {"model": "", "version": ""}
+        labels: dict[str, Any] = {"model": "", "version": "", "request_id": rid}
         scope["nnserve"] = labels
-        labels["request_id"] = rid
         protocol = protocol_of(scope["path"])
-        in_flight = self.metrics.in_flight.labels(protocol)
-        in_flight.inc()
+        self._in_flight[protocol] += 1
         status = 500
         response_started = False
+        rid_header = (b"x-request-id", rid.encode())
 
         async def observed_send(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
         try:
@@ -121,7 +129,7 @@ class RequestObserver:
                         "headers": [
                             (b"content-type", JSON.encode()),
                             (b"content-length", str(len(body)).encode()),
-                            (b"x-request-id", rid.encode()),
+                            rid_header,
                         ],
                     }
                 )
@@ -130,11 +138,9 @@ class RequestObserver:
             lease = labels.get("lease")
             if lease is not None:
                 lease.leases -= 1
-            in_flight.dec()
+            self._in_flight[protocol] -= 1
             seconds = time.perf_counter() - started
-            model, version = labels["model"], labels["version"]
-            self.metrics.requests.labels(protocol, model, version, str(status)).inc()
-            self.metrics.request_duration.labels(protocol, model, version).observe(seconds)
+            self._observe(protocol, labels["model"], labels["version"], status, seconds)
             if status >= 400 and status != 500:
                 log.info(
                     "%s %s -> %d",

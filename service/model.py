@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from modelrepo import MODEL_FILE, ModelCard, file_sha256, read_card
 from service.errors import LoadError
 from service.metrics import VersionMetrics
+from service.tensors import InputCheck
 
 if TYPE_CHECKING:
     from service.batcher import Batcher
@@ -31,6 +32,11 @@ class ServedModel:
         self.folder = folder
         self.session = session
         self.input = card.inputs[0]
+        self.check = InputCheck(self.input)
+        #: v1 tabular rows may be objects keyed by feature name
+        self.takes_feature_objects = bool(card.feature_names) and self.input.shape[1:] == [
+            len(card.feature_names)
+        ]
         self.output_names = [o.name for o in card.outputs]
         #: The output whose argmax is the predicted class (classifiers only).
         self.probabilities_index = (
@@ -41,6 +47,7 @@ class ServedModel:
         self.load_seconds = 0.0
         self.metrics: VersionMetrics | None = None
         self.batcher: Batcher | None = None  # set when it starts serving
+        self.seconds_per_sample = 0.0  # measured on the reference batch at load time
         self.leases = 0  # requests that resolved this version and have not finished
 
     @classmethod
@@ -92,7 +99,9 @@ class ServedModel:
 
     def check_reference(self) -> None:
         """Replay the reference batch from model.json; the outputs must reproduce."""
+        started, samples = time.perf_counter(), 0
         for number, case in enumerate(self.card.reference):
+            samples += case.inputs[0].shape[0]
             feeds = {
                 t.name: np.asarray(t.data, dtype=np.float32).reshape(t.shape) for t in case.inputs
             }
@@ -111,6 +120,7 @@ class ServedModel:
                         f"reference case {number}, output {tensor.name!r}: max "
                         f"error {error:.3g} > {self.card.reference_atol}",
                     )
+        self.seconds_per_sample = (time.perf_counter() - started) / max(samples, 1)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output for one batch (called in a worker thread; onnxruntime frees the GIL)."""

@@ -5,18 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service import __version__, v2
+from service import __version__
 from service.errors import ModelNotReady
-from service.http import error_response, json_response, read_body
+from service.http import error_response, json_response
 from service.model import ServedModel
 from service.schemas import (
     ErrorBody,
-    V2InferRequest,
-    V2InferResponse,
     V2ModelMetadata,
     V2Ready,
     V2ServerMetadata,
-    body_doc,
 )
 from service.state import services
 
@@ -72,7 +69,7 @@ def _metadata(model: ServedModel) -> dict[str, object]:
 @router.get("/models/{model_name}", response_model=V2ModelMetadata, summary="Model metadata")
 async def model_metadata(request: Request, model_name: str) -> Response:
     s = services(request)
-    model = s.resolve(request, model_name)
+    model = s.resolve(request.scope["nnserve"], model_name)
     body = _metadata(model)
     body["versions"] = [str(v) for v in sorted(s.registry.served.get(model_name, {}))]
     return json_response(body)
@@ -84,12 +81,14 @@ async def model_metadata(request: Request, model_name: str) -> Response:
     summary="Model version metadata",
 )
 async def version_metadata(request: Request, model_name: str, model_version: str) -> Response:
-    return json_response(_metadata(services(request).resolve(request, model_name, model_version)))
+    return json_response(
+        _metadata(services(request).resolve(request.scope["nnserve"], model_name, model_version))
+    )
 
 
 @router.get("/models/{model_name}/ready", response_model=V2Ready, summary="Model readiness")
 async def model_ready(request: Request, model_name: str) -> Response:
-    model = services(request).resolve(request, model_name)
+    model = services(request).resolve(request.scope["nnserve"], model_name)
     return json_response({"name": model.name, "ready": True})
 
 
@@ -99,43 +98,5 @@ async def model_ready(request: Request, model_name: str) -> Response:
     summary="Model version readiness",
 )
 async def version_ready(request: Request, model_name: str, model_version: str) -> Response:
-    model = services(request).resolve(request, model_name, model_version)
+    model = services(request).resolve(request.scope["nnserve"], model_name, model_version)
     return json_response({"name": model.name, "ready": True})
-
-
-async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
-    s = services(request)
-    model = s.resolve(request, model_name, model_version)
-    body = await read_body(request, s.settings.max_body_bytes)
-    decoded = v2.decode(body, request.headers.get(v2.HEADER_LENGTH), model)
-    outputs = await s.infer(request, model, decoded.batch)
-    content, header_length = v2.encode(
-        model, decoded, outputs, request.scope["nnserve"]["request_id"]
-    )
-    if header_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
-
-
-@router.post(
-    "/models/{model_name}/infer",
-    response_model=V2InferResponse,
-    summary="Inference",
-    openapi_extra=body_doc(V2InferRequest, binary=True),
-)
-async def infer(request: Request, model_name: str) -> Response:
-    return await _infer(request, model_name, None)
-
-
-@router.post(
-    "/models/{model_name}/versions/{model_version}/infer",
-    response_model=V2InferResponse,
-    summary="Inference on one version",
-    openapi_extra=body_doc(V2InferRequest, binary=True),
-)
-async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
-    return await _infer(request, model_name, model_version)

@@ -109,15 +109,109 @@ DOCUMENTED: list[type[BaseModel]] = [
 ]
 
 
-def body_doc(model: type[BaseModel], binary: bool = False) -> dict[str, Any]:
-    """``openapi_extra`` describing a request body decoded by a codec, not by FastAPI."""
-    content: dict[str, Any] = {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _header(name: str, description: str, kind: str = "string") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": kind},
     }
+
+
+def _operation(
+    tag: str,
+    summary: str,
+    request: type[BaseModel],
+    response: type[BaseModel],
+    path_params: list[str],
+    binary: bool,
+) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": _ref(request)}}
     if binary:
         content["application/octet-stream"] = {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "binary tensor data extension: the JSON header (length in the "
-            "Inference-Header-Content-Length header) then the raw tensors",
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "binary tensor data extension: the JSON header (its length in "
+                "Inference-Header-Content-Length) followed by the raw tensors",
+            }
         }
-    return {"requestBody": {"required": True, "content": content}}
+    errors = {
+        "400": "bad input: which field, expected vs got",
+        "404": "unknown model/version",
+        "413": "body over NNSERVE_MAX_BODY_BYTES",
+        "503": "not ready, or queue full (Retry-After)",
+        "504": "deadline passed",
+    }
+    parameters = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in path_params
+    ]
+    parameters += [
+        _header("X-Request-Id", "your id for this request (echoed back)"),
+        _header("X-Request-Timeout-Ms", "deadline in milliseconds", "number"),
+    ]
+    if binary:
+        parameters.append(
+            _header(
+                "Inference-Header-Content-Length",
+                "length of the JSON header when binary tensors follow",
+                "integer",
+            )
+        )
+    return {
+        "tags": [tag],
+        "summary": summary,
+        "parameters": parameters,
+        "requestBody": {"required": True, "content": content},
+        "responses": {
+            "200": {
+                "description": "predictions",
+                "content": {"application/json": {"schema": _ref(response)}},
+            },
+            **{
+                code: {
+                    "description": text,
+                    "content": {"application/json": {"schema": _ref(ErrorBody)}},
+                }
+                for code, text in errors.items()
+            },
+        },
+    }
+
+
+def hot_paths() -> dict[str, Any]:
+    """OpenAPI path items of the routes answered by ``service.fastpath`` (not FastAPI)."""
+    v2 = "Open Inference Protocol (v2)"
+    return {
+        "/v1/models/{model_name}:predict": {
+            "post": _operation(
+                "Friendly JSON (v1)",
+                "Predict",
+                V1PredictRequest,
+                V1PredictResponse,
+                ["model_name"],
+                binary=False,
+            )
+        },
+        "/v2/models/{model_name}/infer": {
+            "post": _operation(
+                v2, "Inference", V2InferRequest, V2InferResponse, ["model_name"], binary=True
+            )
+        },
+        "/v2/models/{model_name}/versions/{model_version}/infer": {
+            "post": _operation(
+                v2,
+                "Inference on one version",
+                V2InferRequest,
+                V2InferResponse,
+                ["model_name", "model_version"],
+                binary=True,
+            )
+        },
+    }

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from service.batcher import TIMEOUT_HEADER, deadline_from
+from service.batcher import deadline_from
 from service.errors import ModelNotReady
 from service.metrics import Metrics
 from service.model import ServedModel
@@ -22,12 +22,11 @@ class Services:
     metrics: Metrics
     registry: Registry
 
-    def resolve(self, request: Request, name: str, version: str | None = None) -> ServedModel:
-        """The served model a route is about. The request holds a lease on it until it ends
-        (released by the RequestObserver), and its metrics are labelled with it."""
+    def resolve(self, labels: dict[str, Any], name: str, version: str | None = None) -> ServedModel:
+        """The served model a request is about. The request holds a lease on it until it
+        ends (released by the RequestObserver), and its metrics are labelled with it."""
         parsed = None if version is None else self.registry.parse_version(version)
         model = self.registry.get(name, parsed)
-        labels: dict[str, Any] = request.scope["nnserve"]
         labels["model"], labels["version"] = model.name, str(model.version)
         if labels.get("lease") is None:
             model.leases += 1
@@ -35,13 +34,11 @@ class Services:
         return model
 
     async def infer(
-        self, request: Request, model: ServedModel, batch: np.ndarray
+        self, model: ServedModel, batch: np.ndarray, timeout_ms: str | None
     ) -> list[np.ndarray]:
         if model.batcher is None:
             raise ModelNotReady(f"model {model.name!r} version {model.version} is not serving")
-        deadline = deadline_from(
-            request.headers.get(TIMEOUT_HEADER), self.settings.request_timeout_ms / 1000
-        )
+        deadline = deadline_from(timeout_ms, self.settings.request_timeout_ms / 1000)
         return await model.batcher.submit(batch, deadline)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.model import ServedModel
-from service.tensors import conform, describe_shape, from_json
+from service.tensors import from_json
 from service.v2 import parse_json_body
 
 Group = tuple[list[int] | None, np.ndarray]  # (instance positions or None for all, batch)
@@ -35,21 +35,22 @@ def decode(body: bytes, model: ServedModel) -> tuple[list[Group], int]:
     if not instances:
         raise InvalidInput("'instances' is empty; send at least one instance")
     check_bools = b"true" in body or b"false" in body
-    spec = model.input
-    if model.card.feature_names and spec.shape[1:] == [len(model.card.feature_names)]:
+    check = model.check
+    if model.takes_feature_objects:
+        names = model.card.feature_names
         instances = [
-            _row(i, inst, model.card.feature_names) if isinstance(inst, dict) else inst
+            _row(i, inst, names) if isinstance(inst, dict) else inst
             for i, inst in enumerate(instances)
         ]
-    if spec.shape.count(-1) > 1:  # variable-length axis: group instances by their length
+    if check.variable_axes > 1:  # variable-length axis: group instances by their length
         return _grouped(instances, model, check_bools), len(instances)
     array = from_json("instances", instances, check_bools=check_bools)
-    want = describe_shape(spec.shape[1:])
-    if array.ndim != len(spec.shape) or list(array.shape[1:]) != spec.shape[1:]:
+    if array.ndim != check.rank or list(array.shape[1:]) != check.instance_shape:
         raise InvalidInput(
-            f"each instance must have shape {want}; got instances of shape {list(array.shape[1:])}"
+            f"each instance must have shape {check.instance_text}; got instances of shape "
+            f"{list(array.shape[1:])}"
         )
-    return [(None, conform(spec, array, "instances"))], len(instances)
+    return [(None, check.conform(array, "instances"))], len(instances)
 
 
 def _row(index: int, instance: dict[str, Any], names: list[str]) -> list[Any]:
@@ -63,16 +64,15 @@ def _row(index: int, instance: dict[str, Any], names: list[str]) -> list[Any]:
 
 
 def _grouped(instances: list[Any], model: ServedModel, check_bools: bool) -> list[Group]:
-    spec = model.input
+    check = model.check
     by_length: dict[int, list[int]] = {}
     arrays = []
     for i, instance in enumerate(instances):
         array = from_json(f"instances[{i}]", instance, check_bools=check_bools)
-        if array.ndim != len(spec.shape) - 1 or list(array.shape[1:]) != spec.shape[2:]:
+        if array.ndim != check.rank - 1 or list(array.shape[1:]) != check.instance_shape[1:]:
             raise InvalidInput(
-                f"instance {i}: expected shape {describe_shape(spec.shape[1:])} "
-                f"(time steps x {spec.shape[2]} channels), got "
-                f"{list(array.shape)}"
+                f"instance {i}: expected shape {check.instance_text} "
+                f"(time steps x {check.instance_shape[-1]} channels), got {list(array.shape)}"
             )
         if array.shape[0] == 0:
             raise InvalidInput(f"instance {i}: a sequence needs at least one time step")
@@ -81,7 +81,10 @@ def _grouped(instances: list[Any], model: ServedModel, check_bools: bool) -> lis
     return [
         (
             positions,
-            conform(spec, np.stack([arrays[i] for i in positions]), f"instances{positions}"),
+            check.conform(
+                np.stack([arrays[i] for i in positions]),
+                f"instances of length {arrays[positions[0]].shape[0]}",
+            ),
         )
         for positions in by_length.values()
     ]

@@ -18,7 +18,6 @@ from service.tensors import (
     FLOAT_COMPATIBLE,
     V2_DTYPES,
     check_declared_type,
-    conform,
     from_bytes,
     from_json,
 )
@@ -128,7 +127,7 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
             )
         check_declared_type(name, datatype, array)
         array = array.reshape(shape)
-    batch = conform(spec, array, name)
+    batch = model.check.conform(array, name)
     return InferRequest(
         request.get("id") if isinstance(request.get("id"), str) else None,
         batch,

@@ -1,0 +1,359 @@
+"""nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
+
+    python -m bench.run [--duration 5] [--models ...] [--quick]
+
+1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
+2. the service's own JSON decode + encode, in-process (v1 and v2);
+3. the service (`python -m service`) pinned to core 0 with `taskset`, and wrk pinned to core 1,
+   for single-sample requests at concurrency 1, 16, 64 through v1 JSON, v2 JSON and v2 binary,
+   and 32-sample requests at concurrency 16.
+
+Every service figure is printed beside its ratio to raw onnxruntime on the same core in the
+same run (samples/s ÷ raw samples/s at the same batch size). Results go to bench/results/ as
+CSV and Markdown. wrk is used because it is a C, event-driven load generator: one core of it
+drives far more requests per second than the server can answer, so the server is measured,
+not the client (Python load generators top out at a few thousand requests per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from modelrepo import MODEL_FILE, scan
+from service import v1, v2
+from service.model import ServedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SERVER_CORE, CLIENT_CORE = "0", "1"
+
+
+@dataclass
+class Row:
+    model: str
+    scenario: str  # raw-ort, codec, v1, v2-json, v2-binary
+    batch: int
+    concurrency: int
+    req_s: float
+    samples_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    ratio_to_raw: float | None = None
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def sample_batch(model: ServedModel, n: int) -> np.ndarray:
+    """``n`` real test samples (the reference batch from model.json, repeated)."""
+    tensor = model.card.reference[0].inputs[0]
+    base = np.asarray(tensor.data, dtype=np.float32).reshape(tensor.shape)
+    return np.resize(base, (n, *base.shape[1:])).astype(np.float32)
+
+
+def bodies(model: ServedModel, batch: np.ndarray) -> dict[str, tuple[bytes, str, str]]:
+    """scenario -> (body, content type, Inference-Header-Content-Length)."""
+    name = model.input.name
+    instances = batch.astype(int) if model.input.min_value is not None else batch
+    as_v1 = json.dumps({"instances": instances.tolist()}).encode()
+    as_v2 = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "data": batch.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    raw = batch.astype("<f4").tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return {
+        "v1": (as_v1, "application/json", ""),
+        "v2-json": (as_v2, "application/json", ""),
+        "v2-binary": (head + raw, "application/octet-stream", str(len(head))),
+    }
+
+
+def path_for(model: str, scenario: str) -> str:
+    return f"/v1/models/{model}:predict" if scenario == "v1" else f"/v2/models/{model}/infer"
+
+
+# -- in-process measurements ----------------------------------------------------------------
+def timed(fn, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def stats_row(model: str, scenario: str, batch: int, times: list[float]) -> Row:
+    calls = len(times) / sum(times)
+    return Row(
+        model,
+        scenario,
+        batch,
+        1,
+        calls,
+        calls * batch,
+        1e3 * statistics.median(times),
+        1e3 * float(np.percentile(times, 99)),
+        0,
+    )
+
+
+def raw_ort(model: ServedModel, folder: Path, batch: int, seconds: float) -> Row:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+    )
+    feeds = {model.input.name: sample_batch(model, batch)}
+    names = model.output_names
+    for _ in range(20):
+        session.run(names, feeds)
+    return stats_row(
+        model.name, "raw-ort", batch, timed(lambda: session.run(names, feeds), seconds)
+    )
+
+
+def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
+    """Decode + encode of one single-sample request, as the service does it (no HTTP)."""
+    batch = sample_batch(model, 1)
+    outputs = model.run(batch)
+    body_v1, body_v2 = bodies(model, batch)["v1"][0], bodies(model, batch)["v2-json"][0]
+
+    def through_v1() -> None:
+        groups, n = v1.decode(body_v1, model)
+        v1.encode(model, groups, [outputs], n, "id")
+
+    def through_v2() -> None:
+        request = v2.decode(body_v2, None, model)
+        v2.encode(model, request, outputs, "id")
+
+    return [
+        stats_row(model.name, "codec-v1", 1, timed(through_v1, seconds)),
+        stats_row(model.name, "codec-v2", 1, timed(through_v2, seconds)),
+    ]
+
+
+# -- the service under wrk ------------------------------------------------------------------
+def start_server(repository: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "NNSERVE_PORT": str(port),
+        "NNSERVE_HOST": "127.0.0.1",
+        "NNSERVE_MODEL_REPOSITORY": str(repository),
+        "NNSERVE_LOG_LEVEL": "warning",
+        "NNSERVE_POLL_INTERVAL": "0",
+        "NNSERVE_INFERENCE_THREADS": "1",
+    }
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"the service did not start; see {log}")
+
+
+def wrk(
+    url: str,
+    body_file: Path,
+    content_type: str,
+    header_length: str,
+    concurrency: int,
+    seconds: float,
+) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "BODY_FILE": str(body_file),
+        "CONTENT_TYPE": content_type,
+        "HEADER_LENGTH": header_length,
+    }
+    done = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("{"))
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def check_answer(url: str, body: bytes, content_type: str, header_length: str) -> None:
+    headers = {"Content-Type": content_type}
+    if header_length:
+        headers["Inference-Header-Content-Length"] = header_length
+    r = httpx.post(url, content=body, headers=headers)
+    if r.status_code != 200:
+        raise SystemExit(f"{url}: {r.status_code} {r.text[:300]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--models", nargs="*", help="default: every model")
+    parser.add_argument("--quick", action="store_true", help="1-second runs (smoke test)")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else args.duration
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install wrk util-linux")
+    found = scan(args.repository)
+    names = args.models or sorted(found)
+    os.sched_setaffinity(0, {int(SERVER_CORE)})  # in-process figures on the server's core
+    models = {n: ServedModel.load(args.repository / n / str(found[n][-1])) for n in names}
+    rows: list[Row] = []
+    raw: dict[tuple[str, int], float] = {}
+    for name, model in models.items():
+        for batch in (1, 32):
+            row = raw_ort(model, model.folder, batch, min(seconds, 3.0))
+            raw[(name, batch)] = row.samples_s
+            rows.append(row)
+        rows += codec_cost(model, min(seconds, 2.0))
+    os.sched_setaffinity(0, {0, 1})
+
+    port = 18000 + os.getpid() % 1000
+    work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
+    server = start_server(args.repository, port, work / "server.log")
+    try:
+        for name, model in models.items():
+            cases = [(1, c) for c in (1, 16, 64)] + [(32, 16)]
+            for batch, concurrency in cases:
+                for scenario, (body, ctype, hlen) in bodies(
+                    model, sample_batch(model, batch)
+                ).items():
+                    body_file = work / f"{name}-{scenario}-{batch}.body"
+                    body_file.write_bytes(body)
+                    url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
+                    check_answer(url, body, ctype, hlen)
+                    wrk(url, body_file, ctype, hlen, concurrency, min(1.0, seconds))  # warm-up
+                    result = wrk(url, body_file, ctype, hlen, concurrency, seconds)
+                    req_s = result["requests"] / (result["duration_us"] / 1e6)
+                    errors = int(
+                        sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
+                    )
+                    row = Row(
+                        name,
+                        scenario,
+                        batch,
+                        concurrency,
+                        req_s,
+                        req_s * batch,
+                        result["p50_us"] / 1e3,
+                        result["p99_us"] / 1e3,
+                        errors,
+                        req_s * batch / raw[(name, batch)],
+                    )
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    write_results(rows)
+
+
+def format_row(r: Row) -> str:
+    ratio = "" if r.ratio_to_raw is None else f"{r.ratio_to_raw:6.3f}"
+    return (
+        f"{r.model:18s} {r.scenario:10s} b={r.batch:<3d} c={r.concurrency:<3d} "
+        f"{r.req_s:10.0f} req/s {r.samples_s:10.0f} samples/s  p50 {r.p50_ms:7.3f} ms  "
+        f"p99 {r.p99_ms:7.3f} ms  errors {r.errors}  ratio {ratio}"
+    )
+
+
+def write_results(rows: list[Row]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fields = list(asdict(rows[0]))
+    for path in (RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv"):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+    lines = [
+        f"# nnserve benchmark {stamp}",
+        "",
+        "Service pinned to core 0 (`taskset`), wrk on core 1; raw onnxruntime and codec rows "
+        "in-process on core 0, one thread. `ratio` = service samples/s ÷ raw onnxruntime "
+        "samples/s at the same batch size, same run.",
+        "",
+        "| model | scenario | batch | conc. | req/s | samples/s | p50 ms | p99 ms | errors | "
+        "ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "" if r.ratio_to_raw is None else f"{r.ratio_to_raw:.3f}"
+        lines.append(
+            f"| {r.model} | {r.scenario} | {r.batch} | {r.concurrency} | "
+            f"{r.req_s:,.0f} | {r.samples_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
+            f"{r.errors} | {ratio} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"bench-{stamp}.md").write_text(text)
+    (RESULTS / "latest.md").write_text(text)
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -75,11 +75,17 @@ class Batcher:
                 f"full ({self.queued} samples waiting); retry shortly",
                 retry_after_s=1,
             )
-        loop = asyncio.get_running_loop()
-        item = _Item(batch, loop.create_future(), time.perf_counter())
-        remaining = deadline - item.enqueued
-        if remaining <= 0:
+        now = time.perf_counter()
+        if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
+        if not self.items and not self.running and self.per_sample_s * n <= self.config.inline_s:
+            # Nothing to wait for and nothing to batch with (e.g. concurrency 1): run it now.
+            if self.model.metrics is not None:
+                self.model.metrics.queue.observe(0.0)
+            return self._infer(batch)
+        loop = asyncio.get_running_loop()
+        item = _Item(batch, loop.create_future(), now)
+        remaining = deadline - now
         item.timer = loop.call_later(remaining, self._expire, item)
         self.items.append(item)
         self._add(n)

@@ -68,7 +68,9 @@ class RequestObserver:
         # in-flight counts are plain ints, read by the gauge at scrape time (no lock per request)
         self._in_flight = dict.fromkeys(("v1", "v2", "metrics", "other"), 0)
         for protocol in self._in_flight:
-            metrics.in_flight.labels(protocol).set_function(functools.partial(self._in_flight.__getitem__, protocol))
+            metrics.in_flight.labels(protocol).set_function(
+                functools.partial(self._in_flight.__getitem__, protocol)
+            )
 
     def _request_id(self, scope: Scope) -> str:
         for key, value in scope["headers"]:

@@ -14,6 +14,7 @@ help:
 	@echo "make test    - install everything needed, then run the whole test suite"
 	@echo "make train   - train all three networks and publish new versions into models/"
 	@echo "make check   - ruff (lint + format check) and mypy"
+	@echo "make bench   - service vs raw onnxruntime on one core (wrk); results in bench/results/"
 
 $(VENV)/.serve: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,12 @@ check: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq wrk)) || \
+		(echo "bench needs wrk: apt-get install wrk" && exit 1)
+	$(PY) -m bench.run
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .

@@ -170,8 +170,12 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
 
 # -- the service under wrk ------------------------------------------------------------------
-def start_server(repository: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    repository: Path, port: int, log: Path, prediction_log: bool
+) -> subprocess.Popen[bytes]:
     env = {
+        "NNSERVE_PREDICTION_LOG": "true" if prediction_log else "false",
+        "NNSERVE_DATA_DIR": str(log.parent / "data"),
         **os.environ,
         "NNSERVE_PORT": str(port),
         "NNSERVE_HOST": "127.0.0.1",
@@ -253,6 +257,12 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--models", nargs="*", help="default: every model")
     parser.add_argument("--quick", action="store_true", help="1-second runs (smoke test)")
+    parser.add_argument(
+        "--prediction-log",
+        choices=["on", "off"],
+        default="on",
+        help="run the service with its prediction log on (the default) or off",
+    )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.duration
     for tool in ("wrk", "taskset"):
@@ -274,7 +284,7 @@ def main() -> None:
 
     port = 18000 + os.getpid() % 1000
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
-    server = start_server(args.repository, port, work / "server.log")
+    server = start_server(args.repository, port, work / "server.log", args.prediction_log == "on")
     try:
         for name, model in models.items():
             cases = [(1, c) for c in (1, 16, 64)] + [(32, 16)]
@@ -309,7 +319,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    write_results(rows)
+    write_results(rows, f"prediction log {args.prediction_log}")
 
 
 def format_row(r: Row) -> str:
@@ -321,7 +331,7 @@ def format_row(r: Row) -> str:
     )
 
 
-def write_results(rows: list[Row]) -> None:
+def write_results(rows: list[Row], note: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     fields = list(asdict(rows[0]))
@@ -335,7 +345,7 @@ def write_results(rows: list[Row]) -> None:
         "",
         "Service pinned to core 0 (`taskset`), wrk on core 1; raw onnxruntime and codec rows "
         "in-process on core 0, one thread. `ratio` = service samples/s ÷ raw onnxruntime "
-        "samples/s at the same batch size, same run.",
+        f"samples/s at the same batch size, same run; {note}.",
         "",
         "| model | scenario | batch | conc. | req/s | samples/s | p50 ms | p99 ms | errors | "
         "ratio |",

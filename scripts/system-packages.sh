@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that training and the tests need, when they are missing.
 #   dataset-fashion-mnist  Fashion-MNIST IDX files for fashion-cnn (/usr/share/datasets/fashion-mnist)
+#   prometheus             prometheus + promtool for the ops checks (tests/test_deploy*.py)
+#   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests
 #   prometheus             `prometheus` and `promtool` for tests/test_deploy*.py (the tests run their
 #                          own Prometheus on a free loopback port, never the packaged service)
 # Needs root (or sudo) and apt-get; elsewhere it says what to install and carries on.
 set -euo pipefail
-packages=(dataset-fashion-mnist prometheus)
+packages=(dataset-fashion-mnist prometheus postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,11 +17,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictionlog import PredictionLog, open_store
 from service import __version__, routes_repository, routes_v1, routes_v2
 from service.errors import InvalidInput, NNServeError
 from service.fastpath import FastPath
 from service.http import RequestObserver, error_response, json_response
 from service.metrics import CONTENT_TYPE, Metrics
+from service.quality import Quality
 from service.registry import Registry
 from service.schemas import DOCUMENTED, hot_paths
 from service.settings import Settings
@@ -44,6 +46,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        quality = Quality(settings.accuracy_window, settings.drift_window)
+        metrics.collected.quality = quality
+        store, prediction_log = None, None
+        if settings.prediction_log:
+            store = await asyncio.to_thread(open_store, settings.prediction_log_store())
+            prediction_log = PredictionLog(
+                store,
+                max_queue=settings.prediction_log_queue,
+                sample=settings.prediction_log_sample,
+                on_written=quality.observed,
+            )
+            metrics.collected.log = prediction_log
         registry = Registry(
             settings.model_repository,
             metrics,
@@ -52,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threads=settings.session_threads,
             self_check=settings.self_check,
             drain_timeout_s=settings.drain_timeout,
+            on_load=quality.track,
         )
         await registry.sync()
         poller = (
@@ -60,12 +75,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         try:
-            yield {"nnserve": Services(settings, metrics, registry)}
+            yield {"nnserve": Services(settings, metrics, registry, quality, prediction_log, store)}
         finally:
             if poller is not None:
                 poller.cancel()
             await registry.close()
             executor.shutdown(wait=True)
+            if prediction_log is not None:  # everything accepted is written before exit
+                await asyncio.to_thread(prediction_log.close)
+                log.info(
+                    "prediction log closed: %d written, %d dropped",
+                    prediction_log.written,
+                    prediction_log.dropped,
+                )
             log.info("stopped")
 
     app = ServiceApp(

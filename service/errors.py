@@ -6,6 +6,7 @@
      ├── Forbidden           403  management API is off (no token configured)
      ├── ModelNotFound       404  unknown model or version
      ├── MethodNotAllowed    405  e.g. GET on an inference route
+     ├── Conflict            409  feedback that contradicts feedback already recorded
      ├── BodyTooLarge        413  body over NNSERVE_MAX_BODY_BYTES
      ├── ModelNotReady       503  known, but not loaded (yet, or failed its checks)
      ├── Overloaded          503  queue full; carries Retry-After
@@ -45,6 +46,10 @@ class ModelNotFound(NNServeError):
 
 class MethodNotAllowed(NNServeError):
     status = 405
+
+
+class Conflict(NNServeError):
+    status = 409
 
 
 class BodyTooLarge(NNServeError):

@@ -37,7 +37,17 @@ async def predict_v1(
         outputs = [await s.infer(model, groups[0][1], timeout)]
     else:
         outputs = list(await asyncio.gather(*(s.infer(model, b, timeout) for _, b in groups)))
-    return Reply(orjson.dumps(v1.encode(model, groups, outputs, n, labels["request_id"])))
+    ids = prediction_ids(labels["request_id"], n)
+    for (positions, batch), values in zip(groups, outputs, strict=True):
+        s.log_predictions(
+            model, batch, values, ids if positions is None else [ids[p] for p in positions]
+        )
+    return Reply(orjson.dumps(v1.encode(model, groups, outputs, ids, labels["request_id"])))
+
+
+def prediction_ids(request_id: str, n: int) -> list[str]:
+    """The request id for a lone prediction, ``<request id>-<index>`` for each of several."""
+    return [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
 
 
 async def infer_v2(
@@ -45,6 +55,9 @@ async def infer_v2(
 ) -> Reply:
     decoded = v2.decode(body, header(v2.HEADER_LENGTH), model)
     outputs = await s.infer(model, decoded.batch, header(TIMEOUT_HEADER))
+    s.log_predictions(
+        model, decoded.batch, outputs, prediction_ids(labels["request_id"], len(decoded.batch))
+    )
     content, header_length = v2.encode(model, decoded, outputs, labels["request_id"])
     if header_length is None:
         return Reply(content)

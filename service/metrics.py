@@ -7,7 +7,9 @@ tests can build many apps in one process.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import (
@@ -17,11 +19,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from modelrepo import ModelCard
+
+if TYPE_CHECKING:
+    from predictionlog import PredictionLog
+    from service.quality import Quality
 
 #: Sub-millisecond to ten seconds.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -43,12 +50,71 @@ class VersionMetrics:
     classes: list[Counter] = field(default_factory=list)
 
 
+class Collected:
+    """Figures kept outside prometheus_client and read at scrape time: the prediction log's
+    counts, and live accuracy, feedback and drift from :class:`service.quality.Quality`."""
+
+    def __init__(self) -> None:
+        self.quality: Quality | None = None
+        self.log: PredictionLog | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(live=False)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(live=True)
+
+    def _families(self, live: bool) -> Iterator[Metric]:
+        written = CounterMetricFamily(
+            "nnserve_prediction_log_written", "Predictions committed to the prediction log"
+        )
+        dropped = CounterMetricFamily(
+            "nnserve_prediction_log_dropped",
+            "Predictions not logged because the writer fell behind (queue full) or failed",
+        )
+        feedback = CounterMetricFamily(
+            "nnserve_feedback",
+            "Feedback labels received, by whether the prediction was right",
+            labels=["model", "version", "outcome"],
+        )
+        accuracy = GaugeMetricFamily(
+            "nnserve_live_accuracy",
+            "Accuracy over the last feedback labels (sliding window)",
+            labels=["model", "version"],
+        )
+        window = GaugeMetricFamily(
+            "nnserve_live_accuracy_window",
+            "Feedback labels in the live-accuracy window",
+            labels=["model", "version"],
+        )
+        drift = GaugeMetricFamily(
+            "nnserve_input_drift_psi",
+            "Population stability index of recent inputs vs the training split, per feature",
+            labels=["model", "version", "feature"],
+        )
+        if live and self.log is not None:
+            written.add_metric([], self.log.written)
+            dropped.add_metric([], self.log.dropped)
+        if live and self.quality is not None:
+            for (model, version, outcome), n in list(self.quality.feedback_counts.items()):
+                feedback.add_metric([model, str(version), outcome], n)
+            for model, version, value, size in self.quality.accuracy():
+                accuracy.add_metric([model, str(version)], value)
+                window.add_metric([model, str(version)], size)
+            for (model, version), tracker in list(self.quality.drift.items()):
+                for feature, psi in tracker.psi():
+                    drift.add_metric([model, str(version), feature], psi)
+        yield from (written, dropped, feedback, accuracy, window, drift)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        self.collected = Collected()
+        registry.register(self.collected)
         mv = ["model", "version"]
         self.requests = Counter(
             "nnserve_requests",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrepo import CARD_FILE, MODEL_FILE, RepositoryError, scan, version_dir
+from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, RepositoryError, scan, version_dir
 from service.batcher import Batcher
 from service.errors import LoadError, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
@@ -61,6 +62,7 @@ class Registry:
         threads: int = 1,
         self_check: bool = True,
         drain_timeout_s: float = 30.0,
+        on_load: Callable[[ModelCard], None] | None = None,
     ) -> None:
         self.root = root
         self.metrics = metrics
@@ -69,6 +71,7 @@ class Registry:
         self.threads = threads
         self.self_check = self_check
         self.drain_timeout_s = drain_timeout_s
+        self.on_load = on_load
         self.served: dict[str, dict[int, ServedModel]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
@@ -160,6 +163,8 @@ class Registry:
         self.failures.pop((name, version), None)
         model.metrics = self.metrics.version_loaded(model.card, model.load_seconds)
         model.batcher = Batcher(model, policy.batching, self.executor)
+        if self.on_load is not None:
+            self.on_load(model.card)
         log.info(
             "loaded %s version %d in %.3fs",
             name,

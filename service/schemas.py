@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 
 class ErrorBody(BaseModel):
@@ -96,6 +96,20 @@ class V1PredictResponse(BaseModel):
     id: str
 
 
+class V1FeedbackItem(BaseModel):
+    id: str = Field(description="a prediction's id (X-Request-Id, or predictions[i].id)")
+    label: str = Field(description="the true class label")
+
+
+class V1Feedback(RootModel[V1FeedbackItem | list[V1FeedbackItem]]):
+    """One item, or a list of them."""
+
+
+class V1FeedbackResponse(BaseModel):
+    recorded: int
+    duplicates: int
+
+
 class V1ModelList(BaseModel):
     models: list[str]
 
@@ -106,6 +120,7 @@ DOCUMENTED: list[type[BaseModel]] = [
     V2InferResponse,
     V1PredictRequest,
     V1PredictResponse,
+    V1Feedback,
 ]
 
 

@@ -45,10 +45,30 @@ class Settings(BaseSettings):
     #: Longest wait for in-flight requests at shutdown and for a retired version to drain.
     drain_timeout: float = Field(default=30.0, ge=0)
 
+    #: Folder for the service's own data (the SQLite prediction log).
+    data_dir: Path = Path("data")
+    #: Log predictions (id, time, model, version, inputs, outputs) for feedback and retraining.
+    prediction_log: bool = True
+    #: Share of predictions logged (0-1), decided per prediction.
+    prediction_log_sample: float = Field(default=1.0, ge=0, le=1)
+    #: Store URL: unset = SQLite (WAL) at <data_dir>/predictions.db; or postgresql://...
+    prediction_log_url: str | None = None
+    #: Predictions waiting for the log writer; beyond it they are dropped and counted.
+    prediction_log_queue: int = Field(default=10_000, ge=1)
+    #: Feedback labels per model version in the live-accuracy window.
+    accuracy_window: int = Field(default=500, ge=1)
+    #: Recent inputs (rows / time steps) per model version compared with the training split.
+    drift_window: int = Field(default=2000, ge=1)
+
     @field_validator("version_policy")
     @classmethod
     def _policy(cls, value: str) -> str:
         return check_policy(value)
+
+    def prediction_log_store(self) -> str:
+        return (
+            self.prediction_log_url or f"sqlite:///{(self.data_dir / 'predictions.db').resolve()}"
+        )
 
     def model_policy(self) -> ModelPolicy:
         return ModelPolicy(

@@ -94,13 +94,14 @@ def encode(
     model: ServedModel,
     groups: list[Group],
     outputs: list[list[np.ndarray]],
-    n: int,
+    ids: list[str],
     request_id: str,
 ) -> dict[str, Any]:
-    """Predictions in instance order: label + per-class probabilities for classifiers."""
+    """Predictions in instance order, each with its id (for feedback); classifiers give the
+    label and per-class probabilities."""
     labels = model.card.labels
-    index = model.output_names.index("probabilities") if labels else len(model.output_names) - 1
-    predictions: list[Any] = [None] * n
+    index = model.probabilities_index if model.probabilities_index is not None else -1
+    predictions: list[Any] = [None] * len(ids)
     for (positions, _), values in zip(groups, outputs, strict=True):
         scores = values[index]
         rows = positions if positions is not None else range(len(scores))
@@ -108,12 +109,13 @@ def encode(
             best = scores.argmax(axis=1)
             for row, probs, top in zip(rows, scores.tolist(), best.tolist(), strict=True):
                 predictions[row] = {
+                    "id": ids[row],
                     "label": labels[top],
                     "probabilities": dict(zip(labels, probs, strict=True)),
                 }
         else:
             for row, value in zip(rows, scores.tolist(), strict=True):
-                predictions[row] = value
+                predictions[row] = {"id": ids[row], "outputs": value}
     return {
         "predictions": predictions,
         "model_name": model.name,

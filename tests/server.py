@@ -44,6 +44,7 @@ def running_server(
         "NNSERVE_HOST": "127.0.0.1",
         "NNSERVE_PORT": str(port),
         "NNSERVE_MODEL_REPOSITORY": str(repository),
+        "NNSERVE_DATA_DIR": str(tmp_path / f"data-{port}"),
         **env,
     }
     with log.open("wb") as sink:

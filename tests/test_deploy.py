@@ -51,6 +51,9 @@ ALERT_NAMES = {
     "NnserveHighLatencyP99",
     "NnserveShedding",
     "NnserveQueueBacklog",
+    "NnservePredictionLogDropping",
+    "NnserveInputDrift",
+    "NnserveLiveAccuracyLow",
 }
 SERVICE_UID = "10001"
 
@@ -112,6 +115,18 @@ def test_the_alerts_an_operator_needs_are_there() -> None:
     assert "nnserve_request_duration_seconds_bucket" in expr["NnserveHighLatencyP99"]
     assert 'code="503"' in expr["NnserveShedding"]
     assert "nnserve_queue_depth" in expr["NnserveQueueBacklog"]
+    assert "rate(nnserve_prediction_log_dropped_total" in expr["NnservePredictionLogDropping"]
+    assert expr["NnservePredictionLogDropping"].endswith("> 0")
+    assert expr["NnserveInputDrift"].startswith("max by (job, instance, model, version)")
+    assert "nnserve_input_drift_psi{" in expr["NnserveInputDrift"]
+    assert (
+        expr["NnserveInputDrift"].endswith("> 0.25") and rules["NnserveInputDrift"]["for"] == "30m"
+    )
+    accuracy = expr["NnserveLiveAccuracyLow"]
+    assert "nnserve_live_accuracy{" in accuracy and "< 0.8" in accuracy
+    assert (
+        " and " in accuracy and "nnserve_live_accuracy_window{" in accuracy and ">= 50" in accuracy
+    )
 
 
 def test_alerts_select_only_documented_metrics() -> None:
@@ -405,12 +420,40 @@ def test_dashboard_has_the_panels_an_operator_needs() -> None:
         "Serving versions and provenance",
         "Model load failures by reason",
         "Predictions by class",
+        "Live accuracy by model and version",
+        "Feedback rate by outcome",
+        "Input drift PSI (top 15 features)",
+        "Prediction log written vs dropped",
         "Process CPU",
         "Process memory",
     ):
         assert needed in titles
     latency = next(q for q in panel_queries(dashboard()) if q.panel.startswith("Request latency"))
     assert "nnserve_request_duration_seconds_bucket" in latency.expr
+
+
+def test_dashboard_model_quality_row_reads_accuracy_feedback_drift_and_the_log() -> None:
+    board = dashboard()
+    assert "Model quality" in [p["title"] for p in board["panels"] if p["type"] == "row"]
+    by_title = {p["title"]: p for p in panels(board)}
+    exprs: dict[str, set[str]] = {}
+    for query in panel_queries(board):
+        exprs.setdefault(query.panel, set()).update(metric_names(query.expr))
+    assert exprs["Live accuracy by model and version"] == {
+        "nnserve_live_accuracy",
+        "nnserve_live_accuracy_window",
+    }
+    assert exprs["Feedback rate by outcome"] == {"nnserve_feedback_total"}
+    assert exprs["Prediction log written vs dropped"] == {
+        "nnserve_prediction_log_written_total",
+        "nnserve_prediction_log_dropped_total",
+    }
+    drift = by_title["Input drift PSI (top 15 features)"]
+    (target,) = drift["targets"]
+    assert target["expr"].startswith("topk(15, max by (model, version, feature) (")
+    assert target["instant"] is True
+    steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [step["value"] for step in steps] == [None, 0.1, 0.25]
 
 
 def test_dashboard_layout_has_unique_ids_and_no_overlapping_panels() -> None:

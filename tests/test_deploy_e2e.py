@@ -1,7 +1,8 @@
 """A real Prometheus (the repository's config and alert rules) scraping a real nnserve on
 loopback: every PromQL expression of the Grafana dashboard and of the alert rules is valid,
-every dashboard panel shows the traffic sent, the template variables select what they say,
-and the load-failure alert fires for a version the service refused."""
+every dashboard panel shows the traffic and the feedback sent, the template variables select
+what they say, the load-failure alert fires for a version the service refused, and the
+drift and live-accuracy alerts' expressions hold for the inputs and labels sent."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 NAMES = ("breast-cancer-ann", "fashion-cnn", "vowels-lstm")
 BROKEN = "breast-cancer-ann"  # gets a version 2 whose model.onnx does not match its sha256
+FEEDBACK_MODEL = "breast-cancer-ann"  # gets feedback for its v1 predictions
+#: Extra rows of FEEDBACK_MODEL per wave: with the 3 x 2 of the other v1 calls, two waves
+#: label more than the 50 predictions NnserveLiveAccuracyLow needs in the window.
+FEEDBACK_ROWS = 25
 #: Dashboard substitutions Grafana makes that are not template variables.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 DEADLINE_S = 30.0
@@ -80,9 +85,11 @@ def v2_body(name: str) -> dict[str, Any]:
     }
 
 
-def send_traffic(url: str) -> int:
-    """Good and bad requests to every model on both protocols; returns how many name a model."""
+def send_traffic(url: str) -> tuple[int, list[dict[str, Any]]]:
+    """Good and bad requests to every model on both protocols; returns how many name a model,
+    and FEEDBACK_MODEL's v1 predictions (each with its id, for feedback)."""
     sent = 0
+    predictions: list[dict[str, Any]] = []
     with httpx.Client(base_url=url, timeout=20) as client:
         for name in NAMES:
             for _ in range(3):
@@ -90,6 +97,8 @@ def send_traffic(url: str) -> int:
                     f"/v1/models/{name}:predict", json={"instances": batch(name).tolist()}
                 )
                 assert r.status_code == 200, r.text
+                if name == FEEDBACK_MODEL:
+                    predictions += r.json()["predictions"]
                 r = client.post(f"/v2/models/{name}/infer", json=v2_body(name))
                 assert r.status_code == 200, r.text
             assert client.post(f"/v1/models/{name}:predict", content=b"{").status_code == 400
@@ -97,12 +106,36 @@ def send_traffic(url: str) -> int:
                 client.post(f"/v2/models/{name}/infer", content=b'{"inputs": [').status_code == 400
             )
             sent += 8
+        r = client.post(
+            f"/v1/models/{FEEDBACK_MODEL}:predict",
+            json={"instances": samples.rows(FEEDBACK_ROWS).tolist()},
+        )
+        assert r.status_code == 200, r.text
+        predictions += r.json()["predictions"]
+        sent += 1
         unknown = client.post("/v1/models/no-such-model:predict", json={"instances": [[1.0]]})
         assert unknown.status_code == 404
         assert (
             client.post("/v2/models/no-such-model/infer", json=v2_body(NAMES[0])).status_code == 404
         )
-    return sent
+    return sent, predictions
+
+
+def send_feedback(url: str, predictions: list[dict[str, Any]]) -> int:
+    """True labels for the predictions: every other one says the prediction was wrong, so both
+    outcomes show and the live accuracy (about 50%) is below NnserveLiveAccuracyLow's 80%."""
+    labels = read_card(MODELS / FEEDBACK_MODEL / "1").labels
+    items = [
+        {
+            "id": p["id"],
+            "label": p["label"] if i % 2 == 0 else next(x for x in labels if x != p["label"]),
+        }
+        for i, p in enumerate(predictions)
+    ]
+    r = httpx.post(f"{url}/v1/models/{FEEDBACK_MODEL}/feedback", json=items, timeout=20)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"recorded": len(items), "duplicates": 0}
+    return len(items)
 
 
 class Prometheus:
@@ -211,12 +244,23 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
         prometheus.wait_for(
             "a first scrape of nnserve", lambda: prometheus.total('up{job="nnserve"}') == 1
         )
-        # Two waves, each seen by a scrape, so every rate() has an increase to show.
+        # Two waves, each seen by a scrape, so every rate() has an increase to show; feedback
+        # for FEEDBACK_MODEL's v1 predictions of each wave.
         model_requests = 'sum(nnserve_requests_total{job="nnserve", model!=""})'
-        sent = 0
+        feedback = 'sum(nnserve_feedback_total{job="nnserve"})'
+        sent = labelled = 0
         for _wave in range(2):
-            sent += send_traffic(server.url)
+            wave, predictions = send_traffic(server.url)
+            sent += wave
+            labelled += send_feedback(server.url, predictions)
             prometheus.wait_for_total(model_requests, at_least=sent)
+            prometheus.wait_for_total(feedback, at_least=labelled)
+        # Feedback flushed the prediction log: the drift of every logged input feature shows.
+        features = len(read_card(MODELS / FEEDBACK_MODEL / "1").baseline)
+        prometheus.wait_for_total(
+            f'count(nnserve_input_drift_psi{{job="nnserve", model="{FEEDBACK_MODEL}"}})',
+            at_least=features,
+        )
         prometheus.wait_for(
             "the NnserveModelLoadFailed alert",
             lambda: any(
@@ -251,8 +295,18 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
         assert {(s["metric"]["model"], s["metric"]["code"]) for s in series} == {
             (name, code) for name in NAMES for code in ("200", "400")
         }
+        feedback_rate = next(
+            q for q in panel_queries(dashboard()) if q.panel.startswith("Feedback")
+        )
+        series = prometheus.query(substitute(feedback_rate.expr, {"model": ".+", "version": ".+"}))
+        assert {
+            (s["metric"]["model"], s["metric"]["outcome"])
+            for s in series
+            if float(s["value"][1]) > 0
+        } == {(FEEDBACK_MODEL, "correct"), (FEEDBACK_MODEL, "incorrect")}
 
         # Every alert expression is valid PromQL; the ones about this state say what they should.
+        rules_by_name = {rule["alert"]: rule for rule in alert_rules()}
         alerting = {
             rule["alert"]: bool(prometheus.query(" ".join(rule["expr"].split())))
             for rule in alert_rules()
@@ -261,6 +315,15 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
         assert not alerting["NnserveDown"]
         assert not alerting["NnserveNoModelReady"]
         assert not alerting["NnserveInternalErrors"]
+        assert not alerting["NnservePredictionLogDropping"]
+        assert prometheus.total('sum(nnserve_prediction_log_dropped_total{job="nnserve"})') == 0
+        # The same few reference rows over and over are nothing like the training split ...
+        drifting = prometheus.query(" ".join(rules_by_name["NnserveInputDrift"]["expr"].split()))
+        assert FEEDBACK_MODEL in {s["metric"]["model"] for s in drifting}
+        # ... and every other label said the prediction was wrong, over more than 50 labels.
+        (low,) = prometheus.query(" ".join(rules_by_name["NnserveLiveAccuracyLow"]["expr"].split()))
+        assert (low["metric"]["model"], low["metric"]["version"]) == (FEEDBACK_MODEL, "1")
+        assert 0.4 < float(low["value"][1]) < 0.6
         (failure,) = prometheus.query(
             'nnserve_model_load_failures_total{job="nnserve"} > 0'
         )  # exactly one refused version, for the reason the README names

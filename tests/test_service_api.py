@@ -20,9 +20,15 @@ V2 = "/v2/models/{}/infer"
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     with TestClient(
-        create_app(Settings(model_repository=MODELS, max_body_bytes=200_000)),
+        create_app(
+            Settings(
+                model_repository=MODELS,
+                max_body_bytes=200_000,
+                data_dir=tmp_path_factory.mktemp("data"),
+            )
+        ),
         raise_server_exceptions=False,
     ) as c:
         yield c

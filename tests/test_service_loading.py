@@ -49,7 +49,7 @@ def test_bad_versions_are_refused_and_the_last_good_one_serves(tmp_path: Path) -
     unreadable = add_version(root, "vowels-lstm", 2)
     (unreadable / "model.json").write_text("{broken")
 
-    with TestClient(create_app(Settings(model_repository=root))) as client:
+    with TestClient(create_app(Settings(model_repository=root, prediction_log=False))) as client:
         for name in ("fashion-cnn", "breast-cancer-ann", "vowels-lstm"):
             assert client.get(f"/v2/models/{name}").json()["versions"] == ["1"]
             assert client.get(f"/v2/models/{name}/versions/2").status_code == 404
@@ -75,7 +75,7 @@ def test_a_model_with_no_good_version_is_not_ready_but_others_serve(tmp_path: Pa
     card = json.loads((root / "fashion-cnn" / "1" / "model.json").read_text())
     card["onnx_sha256"] = "0" * 64
     (root / "fashion-cnn" / "1" / "model.json").write_text(json.dumps(card))
-    with TestClient(create_app(Settings(model_repository=root))) as client:
+    with TestClient(create_app(Settings(model_repository=root, prediction_log=False))) as client:
         ready = client.get("/v2/health/ready")
         assert ready.status_code == 503 and "fashion-cnn" in ready.json()["error"]
         r = client.get("/v2/models/fashion-cnn/ready")
@@ -86,7 +86,9 @@ def test_a_model_with_no_good_version_is_not_ready_but_others_serve(tmp_path: Pa
 
 def test_an_empty_or_missing_repository_is_not_ready(tmp_path: Path) -> None:
     for root in (tmp_path, tmp_path / "missing"):
-        with TestClient(create_app(Settings(model_repository=root))) as client:
+        with TestClient(
+            create_app(Settings(model_repository=root, prediction_log=False))
+        ) as client:
             assert client.get("/v2/health/live").status_code == 200
             assert client.get("/v2/health/ready").status_code == 503
 
@@ -98,9 +100,12 @@ def test_the_service_never_imports_torch() -> None:
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
         "import service.__main__\n"
-        "with TestClient(create_app(Settings(model_repository='models'))) as c:\n"
+        "import tempfile\n"
+        "settings = Settings(model_repository='models', data_dir=tempfile.mkdtemp())\n"
+        "with TestClient(create_app(settings)) as c:\n"
         "    assert c.get('/v2/health/ready').status_code == 200\n"
         "    c.post('/v1/models/breast-cancer-ann:predict', json={'instances': [[1.0] * 30]})\n"
+        "    assert c.get('/metrics').text.count('nnserve_prediction_log_written_total 1.0') == 1\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training'))\n"
         "print('LOADED', loaded)\n"
         "assert not loaded, loaded\n"

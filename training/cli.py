@@ -1,4 +1,5 @@
-"""``python -m training <model|all> [options]``: train, export and publish new versions."""
+"""``python -m training <model|all> [options]``: train, export and publish new versions.
+``python -m training retrain <model> [--feedback URL] [--tolerance T]``: champion/challenger."""
 
 from __future__ import annotations
 
@@ -8,40 +9,82 @@ import tempfile
 from pathlib import Path
 
 from modelrepo import RepositoryError
+from training.config import TrainConfig
 from training.errors import TrainingError
 from training.pipeline import run
 from training.recipes import RECIPES
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description="Train a network on its dataset, export it to ONNX, check parity with "
-        "onnxruntime and publish it as the next version in the model repository.",
-    )
-    parser.add_argument("model", choices=[*RECIPES, "all"], help="which model to train")
-    parser.add_argument(
+def _options() -> argparse.ArgumentParser:
+    """The options both commands take: where to publish and the hyper-parameters."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--repository",
         type=Path,
         default=Path("models"),
         help="model repository folder (default: models)",
     )
-    parser.add_argument(
+    common.add_argument(
         "--quick",
         action="store_true",
         help="small stratified subset and few epochs: same code path, for tests",
     )
-    parser.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--lr", type=float, help="learning rate")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--dropout", type=float)
-    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    parser.add_argument("--optimizer", choices=["adam", "sgd"])
-    parser.add_argument("--hidden", type=int, help="hidden width / LSTM state size")
-    parser.add_argument("--threads", type=int, help="torch threads (default 2)")
-    return parser.parse_args(argv)
+    common.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    common.add_argument("--seed", type=int)
+    common.add_argument("--lr", type=float, help="learning rate")
+    common.add_argument("--batch-size", type=int)
+    common.add_argument("--weight-decay", type=float)
+    common.add_argument("--dropout", type=float)
+    common.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    common.add_argument("--optimizer", choices=["adam", "sgd"])
+    common.add_argument("--hidden", type=int, help="hidden width / LSTM state size")
+    common.add_argument("--threads", type=int, help="torch threads (default 2)")
+    return common
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    common = _options()
+    if argv[:1] == ["retrain"]:
+        parser = argparse.ArgumentParser(
+            prog="python -m training retrain",
+            parents=[common],
+            description="Train a challenger on the base data plus labelled feedback and "
+            "publish it only if it is not worse than the champion by more than "
+            "the tolerance; writes a report either way.",
+        )
+        parser.add_argument("model", choices=list(RECIPES))
+        parser.add_argument(
+            "--feedback",
+            metavar="STORE_URL",
+            help="prediction log with feedback: a SQLite path / sqlite:///path "
+            "or postgresql://... (default: no feedback)",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=float,
+            default=0.005,
+            help="largest accuracy drop accepted (default 0.005)",
+        )
+        parser.add_argument(
+            "--report-dir",
+            type=Path,
+            default=Path("reports"),
+            help="where the JSON + Markdown reports go (default: reports)",
+        )
+        args = parser.parse_args(argv[1:])
+        args.command = "retrain"
+        return args
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        parents=[common],
+        description="Train a network on its dataset, export it to ONNX, check parity with "
+        "onnxruntime and publish it as the next version in the model repository. "
+        "(`python -m training retrain -h` for champion/challenger retraining.)",
+    )
+    parser.add_argument("model", choices=[*RECIPES, "all"], help="which model to train")
+    args = parser.parse_args(argv)
+    args.command = "train"
+    return args
 
 
 def check_repository(path: Path) -> None:
@@ -54,30 +97,47 @@ def check_repository(path: Path) -> None:
         raise RepositoryError(f"model repository {path} is not writable ({exc.strerror})") from exc
 
 
+def config_for(name: str, args: argparse.Namespace) -> TrainConfig:
+    return (
+        RECIPES[name]
+        .defaults.replace(
+            epochs=args.epochs if args.epochs is not None else (2 if args.quick else None),
+            seed=args.seed,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            weight_decay=args.weight_decay,
+            dropout=args.dropout,
+            patience=args.patience,
+            optimizer=args.optimizer,
+            hidden=args.hidden,
+            threads=args.threads,
+            quick=args.quick or None,
+        )
+        .validate()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    names = list(RECIPES) if args.model == "all" else [args.model]
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         check_repository(args.repository)
-        configs = []
-        for name in names:
-            config = RECIPES[name].defaults.replace(
-                epochs=args.epochs if args.epochs is not None else (2 if args.quick else None),
-                seed=args.seed,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                weight_decay=args.weight_decay,
-                dropout=args.dropout,
-                patience=args.patience,
-                optimizer=args.optimizer,
-                hidden=args.hidden,
-                threads=args.threads,
-                quick=args.quick or None,
+        if args.command == "retrain":
+            from training.retrain import retrain
+
+            retrain(
+                RECIPES[args.model],
+                config_for(args.model, args),
+                args.repository,
+                args.feedback,
+                args.tolerance,
+                args.report_dir,
             )
-            configs.append(config.validate())
+            return 0
+        names = list(RECIPES) if args.model == "all" else [args.model]
+        configs = [config_for(name, args) for name in names]
         for name, config in zip(names, configs, strict=True):
             run(RECIPES[name], config, args.repository)
-    except (TrainingError, RepositoryError) as exc:
+    except (TrainingError, RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

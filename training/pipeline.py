@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import platform
 import random
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +18,23 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from modelrepo import MODEL_FILE, DatasetInfo, ModelCard, Parity, Provenance, file_sha256, publish
+from modelrepo import (
+    MODEL_FILE,
+    DatasetInfo,
+    ModelCard,
+    Parity,
+    Provenance,
+    TestMetrics,
+    file_sha256,
+    publish,
+    read_card,
+)
 from training import data, evaluate, export, plots
 from training.batches import collate
 from training.config import TrainConfig
 from training.errors import ParityError
 from training.loop import History, train
-from training.recipes import Recipe
+from training.recipes import Recipe, Samples
 
 PARITY_TOLERANCE = 1e-4
 PARITY_MIN_SAMPLES = 256
@@ -42,11 +55,24 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
-    config.validate()
-    seed_everything(config.seed, config.threads)
+@dataclass
+class Candidate:
+    """A trained, exported, parity-checked and evaluated model, staged outside the repository
+    (``model.onnx``, plots, ``run.json``) until it is published or discarded."""
+
+    recipe: Recipe
+    staging: Path
+    metrics: TestMetrics
+    history: History
+    card: Callable[[int], ModelCard]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def load_dataset(recipe: Recipe, config: TrainConfig) -> data.Dataset:
+    """The recipe's dataset; ``--quick`` keeps a stratified subset of each split."""
     dataset = recipe.load()
-    fingerprint = dataset.fingerprint()
     if config.quick:
         n_train, n_test = recipe.quick_sizes
         keep_train = data.subsample(dataset.y_train, n_train, config.seed)
@@ -59,13 +85,35 @@ def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
             data.take(dataset.x_test, keep_test),
             dataset.y_test[keep_test],
         )
+    return dataset
+
+
+def build_candidate(
+    recipe: Recipe,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    extra: tuple[Samples, np.ndarray] | None = None,
+) -> Candidate:
+    """Train on the training split (plus ``extra`` labelled examples, e.g. feedback), export,
+    check parity and evaluate the exported graph on the raw test split."""
+    config.validate()
+    seed_everything(config.seed, config.threads)
+    fingerprint = dataset.fingerprint()
     train_idx, val_idx = data.split_validation(dataset.y_train, config.val_fraction, config.seed)
     x_train, y_train = data.take(dataset.x_train, train_idx), dataset.y_train[train_idx]
     x_val, y_val = data.take(dataset.x_train, val_idx), dataset.y_train[val_idx]
-
+    if extra is not None and len(extra[1]):
+        x_train = (
+            [*x_train, *extra[0]]
+            if isinstance(x_train, list)
+            else np.concatenate([x_train, np.asarray(extra[0], dtype=x_train.dtype)])
+        )
+        y_train = np.concatenate([y_train, extra[1]])
     print(
-        f"{recipe.name}: {dataset.name}, {len(y_train)} train / {len(y_val)} validation / "
-        f"{len(dataset.y_test)} test samples{' (quick)' if config.quick else ''}",
+        f"{recipe.name}: {dataset.name}, {len(y_train)} train"
+        f"{f' (incl. {len(extra[1])} feedback)' if extra is not None else ''} / "
+        f"{len(y_val)} validation / {len(dataset.y_test)} test samples"
+        f"{' (quick)' if config.quick else ''}",
         flush=True,
     )
     net = recipe.build(x_train, len(dataset.labels), config)
@@ -75,16 +123,15 @@ def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
     # Parity runs on ≥ 256 samples: the test split, topped up from the training split if small.
     parity_x = dataset.x_test
     if len(dataset.y_test) < PARITY_MIN_SAMPLES:
-        extra = PARITY_MIN_SAMPLES - len(dataset.y_test)
+        top_up = PARITY_MIN_SAMPLES - len(dataset.y_test)
         parity_x = (
-            list(parity_x) + list(dataset.x_train[:extra])
+            list(parity_x) + list(dataset.x_train[:top_up])
             if isinstance(parity_x, list)
-            else np.concatenate([parity_x, dataset.x_train[:extra]])
+            else np.concatenate([parity_x, dataset.x_train[:top_up]])
         )
-    fields: dict[str, object] = {}
-
-    def write(folder: Path) -> None:
-        model_path = folder / MODEL_FILE
+    staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
+    try:
+        model_path = staging / MODEL_FILE
         example = collate(x_train, np.arange(min(2, len(y_train))))[0]
         export.export(net, recipe.input, example, model_path)
         session = export.session(model_path)
@@ -97,23 +144,30 @@ def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
         metrics = evaluate.test_metrics(
             export.run(session, dataset.x_test)["logits"], dataset.y_test, dataset.labels
         )
-        plots.learning_curves(history, recipe.name, folder / "learning_curve.png")
+        plots.learning_curves(history, recipe.name, staging / "learning_curve.png")
         plots.confusion(
-            metrics.confusion_matrix, dataset.labels, recipe.name, folder / "confusion_matrix.png"
+            metrics.confusion_matrix, dataset.labels, recipe.name, staging / "confusion_matrix.png"
         )
-        (folder / "run.json").write_text(
+        (staging / "run.json").write_text(
             json.dumps({"config": config.as_dict(), "history": history.__dict__}, indent=1) + "\n"
         )
-        fields.update(
-            metrics=metrics,
-            onnx_sha256=file_sha256(model_path),
-            parity=Parity(
+        fields = {
+            "metrics": metrics,
+            "onnx_sha256": file_sha256(model_path),
+            "parity": Parity(
                 max_abs_diff=max_diff, n_samples=len(parity_x), tolerance=PARITY_TOLERANCE
             ),
-            reference=export.reference_cases(
+            "reference": export.reference_cases(
                 session, recipe.input, _reference_groups(dataset.x_test)
             ),
-        )
+        }
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    wall_time = round(time.perf_counter() - started, 2)
+    baseline = (
+        evaluate.feature_baselines(x_train, dataset.feature_names) if dataset.feature_names else []
+    )
 
     def card(version: int) -> ModelCard:
         return ModelCard(
@@ -136,11 +190,15 @@ def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
                     n_test=len(dataset.y_test),
                     split=dataset.split,
                 ),
-                hyperparameters={**config.as_dict(), "architecture": repr(net).replace("\n", "")},
+                hyperparameters={
+                    **config.as_dict(),
+                    "architecture": repr(net).replace("\n", ""),
+                    "feedback_examples": 0 if extra is None else len(extra[1]),
+                },
                 seed=config.seed,
                 epochs_run=history.epochs_run,
                 best_epoch=history.best_epoch,
-                wall_time_s=round(time.perf_counter() - started, 2),
+                wall_time_s=wall_time,
                 torch_version=torch.__version__,
                 onnx_version=onnx.__version__,
                 onnxruntime_version=ort.__version__,
@@ -148,30 +206,41 @@ def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 trained_on=f"{platform.machine()} {torch.get_num_threads()} threads",
             ),
-            baseline=(
-                evaluate.feature_baselines(x_train, dataset.feature_names)
-                if dataset.feature_names
-                else []
-            ),
+            baseline=baseline,
             **fields,  # type: ignore[arg-type]
         )
 
-    version, folder = publish(repository, recipe.name, write, card)
-    result = Result(
-        version,
-        folder,
-        ModelCard.model_validate_json((folder / "model.json").read_bytes()),
-        history,
-    )
-    m = result.card.metrics
+    return Candidate(recipe, staging, metrics, history, card)
+
+
+def publish_candidate(candidate: Candidate, repository: Path) -> Result:
+    """Publish a staged candidate atomically as the next version; the staging folder goes."""
+
+    def write(folder: Path) -> None:
+        for path in candidate.staging.iterdir():
+            shutil.copy2(path, folder / path.name)
+
+    try:
+        version, folder = publish(repository, candidate.recipe.name, write, candidate.card)
+    finally:
+        candidate.discard()
+    result = Result(version, folder, read_card(folder), candidate.history)
+    m, history = result.card.metrics, candidate.history
     print(
-        f"{recipe.name}: published version {version} at {folder}: test accuracy "
+        f"{candidate.recipe.name}: published version {version} at {folder}: test accuracy "
         f"{m.accuracy:.4f} (n={m.n}), loss {m.loss:.4f}, "
         f"parity {result.card.parity.max_abs_diff:.2e}, "
         f"{history.epochs_run} epochs in {history.wall_time_s:.1f}s",
         flush=True,
     )
     return result
+
+
+def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
+    """Train, export, check and publish one new version of ``recipe``."""
+    config.validate()
+    candidate = build_candidate(recipe, config, load_dataset(recipe, config))
+    return publish_candidate(candidate, repository)
 
 
 def _reference_groups(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray | list[np.ndarray]]:

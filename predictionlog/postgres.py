@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from predictionlog.records import (
-    COLUMNS,
-    Feedback,
-    FeedbackConflict,
-    Prediction,
-    UnknownPrediction,
-    from_row,
-    to_row,
-)
+from predictionlog.sql import INSERT_PREDICTIONS, SQLStore
 
 if TYPE_CHECKING:
     import psycopg
@@ -58,12 +49,6 @@ _SCHEMA = (
     )""",
 )
 
-_INSERT = (
-    f"INSERT INTO predictions ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (id) DO NOTHING"
-)
-_PREFIXED = ", ".join(f"p.{column.strip()}" for column in COLUMNS.split(","))
-
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     try:
@@ -75,8 +60,11 @@ def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     """A :class:`~predictionlog.store.Store` in a PostgreSQL database (tables made if missing)."""
+
+    placeholder = "%s"
+    order = "seq"
 
     def __init__(self, url: str) -> None:
         self._url = url  # may hold a password: never logged or shown
@@ -110,60 +98,6 @@ class PostgresStore:
         with self._connection() as conn, conn.transaction():
             yield conn
 
-    def write_predictions(self, rows: Sequence[Prediction]) -> None:
-        if not rows:
-            return
-        values = [to_row(row) for row in rows]  # encode before taking the lock
-        with self._transaction() as conn, conn.cursor() as cursor:
-            cursor.executemany(_INSERT, values)
-
-    def get_prediction(self, id: str) -> Prediction | None:
-        with self._connection() as conn:
-            row = conn.execute(f"SELECT {COLUMNS} FROM predictions WHERE id = %s", (id,)).fetchone()
-        return None if row is None else from_row(row)
-
-    def record_feedback(self, feedback: Feedback) -> bool:
-        with self._connection() as conn:
-            # One statement: stored only if the prediction exists and no feedback is there yet.
-            inserted = conn.execute(
-                "INSERT INTO feedback (id, label, time) SELECT %s, %s, %s "
-                "WHERE EXISTS (SELECT 1 FROM predictions WHERE id = %s) "
-                "ON CONFLICT (id) DO NOTHING",
-                (feedback.id, feedback.label, float(feedback.time), feedback.id),
-            ).rowcount
-            if inserted:
-                return True
-            row = conn.execute(
-                "SELECT label FROM feedback WHERE id = %s", (feedback.id,)
-            ).fetchone()
-        if row is None:
-            raise UnknownPrediction(f"no logged prediction has id {feedback.id!r}")
-        if row[0] != feedback.label:
-            raise FeedbackConflict(
-                f"prediction {feedback.id!r} already has feedback label {row[0]!r}"
-            )
-        return False
-
-    def labelled(self, model: str) -> list[tuple[Prediction, str]]:
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_PREFIXED}, f.label FROM predictions p JOIN feedback f ON f.id = p.id "
-                "WHERE p.model = %s ORDER BY p.time, p.seq",
-                (model,),
-            ).fetchall()
-        return [(from_row(row), str(row[9])) for row in rows]
-
-    def count_predictions(self, model: str | None = None) -> int:
-        with self._connection() as conn:
-            if model is None:
-                row = conn.execute("SELECT count(*) FROM predictions").fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT count(*) FROM predictions WHERE model = %s", (model,)
-                ).fetchone()
-        assert row is not None
-        return int(row[0])
-
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -171,13 +105,6 @@ class PostgresStore:
         if conn is not None:
             conn.close()
 
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _insert(self, conn: Any, values: list[Any]) -> None:
+        with conn.cursor() as cursor:
+            cursor.executemany(self._sql(INSERT_PREDICTIONS), values)

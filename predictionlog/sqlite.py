@@ -11,20 +11,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
-from predictionlog.records import (
-    COLUMNS,
-    Feedback,
-    FeedbackConflict,
-    Prediction,
-    UnknownPrediction,
-    from_row,
-    to_row,
-)
+from predictionlog.sql import SQLStore
 
 logger = logging.getLogger("nnserve.predictionlog")
 
@@ -51,13 +42,8 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 """
 
-_INSERT = f"INSERT INTO predictions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) " + (
-    "ON CONFLICT (id) DO NOTHING"
-)
-_PREFIXED = ", ".join(f"p.{column.strip()}" for column in COLUMNS.split(","))
 
-
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     """A :class:`~predictionlog.store.Store` in one SQLite file (created with its folders)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -106,70 +92,8 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
 
-    def write_predictions(self, rows: Sequence[Prediction]) -> None:
-        if not rows:
-            return
-        values = [to_row(row) for row in rows]  # encode before taking the lock
-        with self._transaction() as conn:
-            conn.executemany(_INSERT, values)
-
-    def get_prediction(self, id: str) -> Prediction | None:
-        with self._connection() as conn:
-            row = conn.execute(f"SELECT {COLUMNS} FROM predictions WHERE id = ?", (id,)).fetchone()
-        return None if row is None else from_row(row)
-
-    def record_feedback(self, feedback: Feedback) -> bool:
-        with self._connection() as conn:
-            # One statement: stored only if the prediction exists and no feedback is there yet.
-            inserted = conn.execute(
-                "INSERT INTO feedback (id, label, time) SELECT ?, ?, ? "
-                "WHERE EXISTS (SELECT 1 FROM predictions WHERE id = ?) "
-                "ON CONFLICT (id) DO NOTHING",
-                (feedback.id, feedback.label, float(feedback.time), feedback.id),
-            ).rowcount
-            if inserted:
-                return True
-            row = conn.execute("SELECT label FROM feedback WHERE id = ?", (feedback.id,)).fetchone()
-        if row is None:
-            raise UnknownPrediction(f"no logged prediction has id {feedback.id!r}")
-        if row[0] != feedback.label:
-            raise FeedbackConflict(
-                f"prediction {feedback.id!r} already has feedback label {row[0]!r}"
-            )
-        return False
-
-    def labelled(self, model: str) -> list[tuple[Prediction, str]]:
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT {_PREFIXED}, f.label FROM predictions p JOIN feedback f ON f.id = p.id "
-                "WHERE p.model = ? ORDER BY p.time, p.rowid",
-                (model,),
-            ).fetchall()
-        return [(from_row(row), str(row[9])) for row in rows]
-
-    def count_predictions(self, model: str | None = None) -> int:
-        with self._connection() as conn:
-            if model is None:
-                row = conn.execute("SELECT count(*) FROM predictions").fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT count(*) FROM predictions WHERE model = ?", (model,)
-                ).fetchone()
-        return int(row[0])
-
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -5,6 +5,7 @@
 #   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests
 #   prometheus             `prometheus` and `promtool` for tests/test_deploy*.py (the tests run their
 #                          own Prometheus on a free loopback port, never the packaged service)
+#   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests (their own server)
 # Needs root (or sudo) and apt-get; elsewhere it says what to install and carries on.
 set -euo pipefail
 packages=(dataset-fashion-mnist prometheus postgresql)

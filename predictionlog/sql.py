@@ -1,0 +1,123 @@
+"""The queries both SQL stores share; each backend supplies connections and transactions.
+
+Statements are written with ``?`` placeholders and the backend's ``placeholder`` replaces
+them, so SQLite and PostgreSQL run the same SQL and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Self
+
+from predictionlog.records import (
+    COLUMNS,
+    Feedback,
+    FeedbackConflict,
+    Prediction,
+    UnknownPrediction,
+    from_row,
+    to_row,
+)
+
+_PREFIXED = ", ".join(f"p.{column.strip()}" for column in COLUMNS.split(","))
+
+
+class SQLStore:
+    """A :class:`~predictionlog.store.Store` over a DB-API connection."""
+
+    placeholder = "?"
+    #: A column giving insertion order, to break ties between equal times.
+    order = "rowid"
+
+    def _connection(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _insert(self, conn: Any, values: list[Any]) -> None:
+        conn.executemany(self._sql(INSERT_PREDICTIONS), values)
+
+    def write_predictions(self, rows: Sequence[Prediction]) -> None:
+        if not rows:
+            return
+        values = [to_row(row) for row in rows]  # encode before taking the lock
+        with self._transaction() as conn:
+            self._insert(conn, values)
+
+    def get_prediction(self, id: str) -> Prediction | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                self._sql(f"SELECT {COLUMNS} FROM predictions WHERE id = ?"), (id,)
+            ).fetchone()
+        return None if row is None else from_row(row)
+
+    def record_feedback(self, feedback: Feedback) -> bool:
+        with self._connection() as conn:
+            # One statement: stored only if the prediction exists and no feedback is there yet.
+            inserted = conn.execute(
+                self._sql(
+                    "INSERT INTO feedback (id, label, time) SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM predictions WHERE id = ?) "
+                    "ON CONFLICT (id) DO NOTHING"
+                ),
+                (feedback.id, feedback.label, float(feedback.time), feedback.id),
+            ).rowcount
+            if inserted:
+                return True
+            row = conn.execute(
+                self._sql("SELECT label FROM feedback WHERE id = ?"), (feedback.id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownPrediction(f"no logged prediction has id {feedback.id!r}")
+        if row[0] != feedback.label:
+            raise FeedbackConflict(
+                f"prediction {feedback.id!r} already has feedback label {row[0]!r}"
+            )
+        return False
+
+    def labelled(self, model: str) -> list[tuple[Prediction, str]]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql(
+                    f"SELECT {_PREFIXED}, f.label FROM predictions p JOIN feedback f "
+                    f"ON f.id = p.id WHERE p.model = ? ORDER BY p.time, p.{self.order}"
+                ),
+                (model,),
+            ).fetchall()
+        return [(from_row(row), str(row[9])) for row in rows]
+
+    def count_predictions(self, model: str | None = None) -> int:
+        with self._connection() as conn:
+            if model is None:
+                row = conn.execute("SELECT count(*) FROM predictions").fetchone()
+            else:
+                row = conn.execute(
+                    self._sql("SELECT count(*) FROM predictions WHERE model = ?"), (model,)
+                ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+INSERT_PREDICTIONS = f"INSERT INTO predictions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) " + (
+    "ON CONFLICT (id) DO NOTHING"
+)

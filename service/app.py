@@ -4,6 +4,7 @@ builds the metrics, loads the repository and hands the services to requests."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             self_check=settings.self_check,
             drain_timeout_s=settings.drain_timeout,
             on_load=quality.track,
+            on_unload=quality.forget,
         )
         await registry.sync()
+        gc.freeze()  # what startup built lives as long as the process: keep it out of GC passes
         poller = (
             asyncio.create_task(registry.poll(settings.poll_interval))
             if settings.poll_interval > 0

@@ -1,10 +1,16 @@
 """Dynamic batching for one model version.
 
-Requests queue their samples; one worker task takes whatever is queued (up to
-``max_batch_size`` samples), runs it on onnxruntime in a worker thread, and hands each request
-its slice of the outputs. While a batch runs, new requests queue up, so the next batch grows
-with the load by itself. The worker waits up to ``max_batch_delay`` for more only when it
-already has company: a lone request (concurrency 1) never waits.
+Requests queue their samples and a drain callback, scheduled on the event loop when the
+first sample arrives, takes whatever is queued (up to ``max_batch_size`` samples) and runs it
+as one onnxruntime call. The callback runs after the requests already waiting on the loop
+have decoded and queued theirs, so under load batches form by themselves, and a lone request
+(concurrency 1) waits for nothing. A batch that has company but room left may wait up to
+``max_batch_delay`` for more. While a batch runs, new samples queue; when it finishes, the
+next drain starts at once.
+
+Batches expected to take less than ``inline_s`` (from measured run times) run on the event
+loop: the thread hop would cost more than the model. Longer ones run in a worker thread
+(onnxruntime frees the GIL), so the loop stays free.
 
 Samples are batched only with samples of the same shape, so variable-length sequences run in
 groups of one length: batching never changes a prediction. The queue is bounded (503 +
@@ -34,7 +40,7 @@ log = logging.getLogger("nnserve.batcher")
 @dataclass(frozen=True)
 class BatchConfig:
     max_batch_size: int = 32
-    max_batch_delay_s: float = 0.001
+    max_batch_delay_s: float = 0.0
     max_queue_size: int = 1024  # samples
     inline_s: float = 0.0002  # batches expected to run faster than this skip the thread hop
 
@@ -52,17 +58,14 @@ class Batcher:
         self.model = model
         self.config = config
         self.executor = executor
+        self.loop = asyncio.get_running_loop()
         self.items: deque[_Item] = deque()
         self.queued = 0  # samples waiting
-        self.running = False
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            self._work(), name=f"batcher {model.name}/{model.version}"
-        )
+        self.running = False  # a batch is in a worker thread
+        self.scheduled = False  # a drain is scheduled on the loop
         if model.metrics is not None:  # read at scrape time, no lock per request
             model.metrics.queue_depth.set_function(lambda: self.queued)
-        #: Seconds per sample (moving average): batches expected to take less than
-        #: ``inline_s`` run on the event loop, as the thread hop would cost more than the run.
+        #: Seconds per sample (moving average), to choose between the loop and a thread.
         self.per_sample_s = model.seconds_per_sample
 
     # -- the request side ------------------------------------------------------------------
@@ -78,18 +81,11 @@ class Batcher:
         now = time.perf_counter()
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        if not self.items and not self.running and self.per_sample_s * n <= self.config.inline_s:
-            # Nothing to wait for and nothing to batch with (e.g. concurrency 1): run it now.
-            if self.model.metrics is not None:
-                self.model.metrics.queue.observe(0.0)
-            return self._infer(batch)
-        loop = asyncio.get_running_loop()
-        item = _Item(batch, loop.create_future(), now)
-        remaining = deadline - now
-        item.timer = loop.call_later(remaining, self._expire, item)
+        item = _Item(batch, self.loop.create_future(), now)
+        item.timer = self.loop.call_later(deadline - now, self._expire, item)
         self.items.append(item)
-        self._add(n)
-        self._wakeup.set()
+        self.queued += n
+        self._schedule()
         return await item.future
 
     def _expire(self, item: _Item) -> None:
@@ -100,83 +96,128 @@ class Batcher:
                 )
             )
 
-    def _add(self, n: int) -> None:
-        self.queued += n
+    # -- draining the queue ----------------------------------------------------------------
+    def _schedule(self, delay: float = 0.0) -> None:
+        if not self.scheduled and not self.running:
+            self.scheduled = True
+            if delay > 0:
+                self.loop.call_later(delay, self._drain, True)
+            else:
+                self.loop.call_soon(self._drain, False)
 
-    # -- the worker ------------------------------------------------------------------------
-    async def _work(self) -> None:
-        while True:
-            if not self.items:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            taken = self._take([])
-            size = sum(len(i.batch) for i in taken)
-            if (
-                len(taken) > 1
-                and size < self.config.max_batch_size
-                and (self.config.max_batch_delay_s > 0)
-            ):
-                await asyncio.sleep(self.config.max_batch_delay_s)
-                taken = self._take(taken)
-            if not taken:
-                continue
-            self.running = True
-            try:
-                await self._run(taken)
-            finally:
-                self.running = False
-
-    def _take(self, taken: list[_Item]) -> list[_Item]:
-        """Queued items (FIFO) up to max_batch_size samples; expired ones are dropped."""
+    def _drain(self, waited: bool) -> None:
+        self.scheduled = False
+        if self.running:
+            return  # the running batch drains again when it finishes
+        taken = self._take()
+        if not taken:
+            return
         size = sum(len(i.batch) for i in taken)
+        if (
+            not waited
+            and len(taken) > 1
+            and size < self.config.max_batch_size
+            and self.config.max_batch_delay_s > 0
+        ):
+            # company is arriving: give the batch max_batch_delay to fill up
+            self.items.extendleft(reversed(taken))
+            self.queued += size
+            self._schedule(self.config.max_batch_delay_s)
+            return
+        groups: dict[tuple[int, ...], list[_Item]] = {}
+        for item in taken:
+            groups.setdefault(item.batch.shape[1:], []).append(item)
+        threaded = [g for g in groups.values() if not self._cheap(g)]
+        for items in groups.values():
+            if self._cheap(items):
+                self._run_inline(items)
+        if threaded:
+            self.running = True
+            self.loop.create_task(self._run_threaded(threaded))
+        elif self.items:
+            self._schedule()
+
+    def _take(self) -> list[_Item]:
+        """Queued items (FIFO) up to max_batch_size samples; expired ones are dropped."""
+        taken: list[_Item] = []
+        size = 0
         while self.items:
             item = self.items[0]
             n = len(item.batch)
             if taken and size + n > self.config.max_batch_size:
                 break
             self.items.popleft()
-            self._add(-n)
+            self.queued -= n
             if item.future.done():  # its deadline passed while queued: dropped, never run
                 continue
             taken.append(item)
             size += n
         return taken
 
-    async def _run(self, taken: list[_Item]) -> None:
-        groups: dict[tuple[int, ...], list[_Item]] = {}
-        for item in taken:
-            groups.setdefault(item.batch.shape[1:], []).append(item)
-        loop = asyncio.get_running_loop()
-        for items in groups.values():
+    def _cheap(self, items: list[_Item]) -> bool:
+        return self.per_sample_s * sum(len(i.batch) for i in items) <= self.config.inline_s
+
+    @staticmethod
+    def _concat(items: list[_Item]) -> np.ndarray:
+        return items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
+
+    def _observe_queue(self, items: list[_Item]) -> None:
+        children = self.model.metrics
+        if children is not None:
             started = time.perf_counter()
-            children = self.model.metrics
-            if children is not None:
-                for item in items:
-                    children.queue.observe(started - item.enqueued)
-            batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
-            try:
-                if self.per_sample_s * len(batch) <= self.config.inline_s:
-                    outputs = self._infer(batch)
-                else:
-                    outputs = await loop.run_in_executor(self.executor, self._infer, batch)
-            except Exception as exc:  # an onnxruntime failure: each request gets a 500
-                log.exception("inference failed for %s/%d", self.model.name, self.model.version)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            offset = 0
             for item in items:
-                n = len(item.batch)
-                if item.timer is not None:
-                    item.timer.cancel()
-                if not item.future.done():
-                    item.future.set_result([o[offset : offset + n] for o in outputs])
-                offset += n
+                children.queue.observe(started - item.enqueued)
+
+    def _run_inline(self, items: list[_Item]) -> None:
+        self._observe_queue(items)
+        try:
+            outputs = self._infer(self._concat(items))
+        except Exception as exc:
+            self._fail(items, exc)
+        else:
+            self._deliver(items, outputs)
+
+    async def _run_threaded(self, groups: list[list[_Item]]) -> None:
+        try:
+            for items in groups:
+                self._observe_queue(items)
+                try:
+                    outputs = await self.loop.run_in_executor(
+                        self.executor, self._infer, self._concat(items)
+                    )
+                except Exception as exc:
+                    self._fail(items, exc)
+                else:
+                    self._deliver(items, outputs)
+        finally:
+            self.running = False
+            if self.items:
+                self._schedule()
+
+    def _fail(self, items: list[_Item], exc: Exception) -> None:
+        """An onnxruntime failure: each request of the batch gets a 500."""
+        log.exception(
+            "inference failed for %s/%d", self.model.name, self.model.version, exc_info=exc
+        )
+        for item in items:
+            if item.timer is not None:
+                item.timer.cancel()
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    @staticmethod
+    def _deliver(items: list[_Item], outputs: list[np.ndarray]) -> None:
+        offset = 0
+        for item in items:
+            n = len(item.batch)
+            if item.timer is not None:
+                item.timer.cancel()
+            if not item.future.done():
+                item.future.set_result([o[offset : offset + n] for o in outputs])
+            offset += n
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """In a worker thread: one onnxruntime run, observed at the inference choke point."""
+        """One onnxruntime run, observed at the inference choke point."""
         started = time.perf_counter()
         outputs = self.model.run(batch)
         seconds = time.perf_counter() - started
@@ -190,14 +231,13 @@ class Batcher:
 
     # -- lifecycle -------------------------------------------------------------------------
     def idle(self) -> bool:
-        return not self.items and not self.running
+        return not self.items and not self.running and not self.scheduled
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Let queued work finish (bounded), then stop the worker."""
+        """Let queued work finish (bounded), then fail whatever is left."""
         deadline = time.monotonic() + timeout
         while not self.idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        self._task.cancel()
         for item in self.items:
             if not item.future.done():
                 item.future.set_exception(DeadlineExceeded("the model was unloaded"))

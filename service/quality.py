@@ -18,19 +18,30 @@ PSI_EPSILON = 1e-4  # keeps empty bins from making PSI infinite
 
 class Drift:
     """Population stability index of each feature's recent values against the training
-    deciles saved in model.json (``baseline``). Sequence inputs count every time step."""
+    deciles saved in model.json (``baseline``). Sequence inputs count every time step.
+
+    The window is a ring of the last ``window`` rows' bin indices; counts are updated with one
+    ``bincount`` per batch of rows, never row by row."""
 
     def __init__(self, card: ModelCard, window: int) -> None:
         self.names = [b.name for b in card.baseline]
         self.edges = [np.asarray(b.bin_edges) for b in card.baseline]
         self.expected = np.asarray([b.fractions for b in card.baseline])
-        self.counts = np.zeros_like(self.expected)
-        self.recent: deque[np.ndarray] = deque()
-        self.window = window
+        self.n_bins = self.expected.shape[1]
+        self.counts = np.zeros(self.expected.shape, dtype=np.int64)
+        self.ring = np.zeros((window, len(self.names)), dtype=np.int64)
+        self.size = 0  # rows in the window
+        self.next = 0  # ring position of the next row
+        self.offsets = np.arange(len(self.names)) * self.n_bins
         self.lock = threading.Lock()
 
+    def _count(self, bins: np.ndarray) -> np.ndarray:
+        flat = (bins + self.offsets).ravel()
+        counts = np.bincount(flat, minlength=self.counts.size)
+        return counts.reshape(self.counts.shape)
+
     def add(self, inputs: np.ndarray) -> None:
-        rows = inputs.reshape(-1, len(self.names))
+        rows = inputs.reshape(-1, len(self.names))[-len(self.ring) :]
         bins = np.stack(
             [
                 np.searchsorted(edges, rows[:, f], side="right")
@@ -38,13 +49,16 @@ class Drift:
             ],
             axis=1,
         )
+        n = len(bins)
         with self.lock:
-            for row in bins:
-                self.counts[np.arange(len(self.names)), row] += 1
-                self.recent.append(row)
-                if len(self.recent) > self.window:
-                    old = self.recent.popleft()
-                    self.counts[np.arange(len(self.names)), old] -= 1
+            slots = (self.next + np.arange(n)) % len(self.ring)
+            evicted = n - (len(self.ring) - self.size)
+            if evicted > 0:  # the rows these slots held leave the window
+                self.counts -= self._count(self.ring[slots[n - evicted :]])
+            self.ring[slots] = bins
+            self.counts += self._count(bins)
+            self.size = min(len(self.ring), self.size + n)
+            self.next = int((self.next + n) % len(self.ring))
 
     def psi(self) -> Iterator[tuple[str, float]]:
         with self.lock:
@@ -72,12 +86,24 @@ class Quality:
         if card.baseline and card.inputs[0].shape[-1] == len(card.baseline):
             self.drift[(card.name, card.version)] = Drift(card, self.drift_window)
 
+    def forget(self, card: ModelCard) -> None:
+        """A retired version: its drift and accuracy series end with it."""
+        key = (card.name, card.version)
+        self.drift.pop(key, None)
+        with self.lock:
+            self.outcomes.pop(key, None)
+            for outcome in ("correct", "incorrect"):
+                self.feedback_counts.pop((*key, outcome), None)
+
     def observed(self, rows: Sequence[Prediction]) -> None:
         """Predictions just written to the log (called by its writer thread)."""
+        groups: dict[tuple[str, int], list[np.ndarray]] = {}
         for row in rows:
-            drift = self.drift.get((row.model, row.version))
+            groups.setdefault((row.model, row.version), []).append(row.inputs)
+        for key, inputs in groups.items():
+            drift = self.drift.get(key)
             if drift is not None:
-                drift.add(row.inputs)
+                drift.add(np.concatenate([x.reshape(-1, len(drift.names)) for x in inputs]))
 
     def feedback(self, model: str, version: int, correct: bool) -> None:
         with self.lock:

@@ -63,6 +63,7 @@ class Registry:
         self_check: bool = True,
         drain_timeout_s: float = 30.0,
         on_load: Callable[[ModelCard], None] | None = None,
+        on_unload: Callable[[ModelCard], None] | None = None,
     ) -> None:
         self.root = root
         self.metrics = metrics
@@ -72,6 +73,7 @@ class Registry:
         self.self_check = self_check
         self.drain_timeout_s = drain_timeout_s
         self.on_load = on_load
+        self.on_unload = on_unload
         self.served: dict[str, dict[int, ServedModel]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
@@ -187,6 +189,8 @@ class Registry:
         if model.batcher is not None:
             await model.batcher.close(max(0.0, deadline - loop.time()))
         self.metrics.version_unloaded(model.card)
+        if self.on_unload is not None:
+            self.on_unload(model.card)
         log.info(
             "released %s version %d",
             model.name,

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     #: Dynamic batching: most samples per onnxruntime run ...
     max_batch_size: int = Field(default=32, ge=1)
     #: ... and how long a batch that already has company may wait for more (ms).
-    max_batch_delay_ms: float = Field(default=1.0, ge=0)
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)
     #: Samples that may wait per model version; beyond it, 503 with Retry-After.
     max_queue_size: int = Field(default=1024, ge=1)
     #: Deadline of a request unless its X-Request-Timeout-Ms header says otherwise; then 504.

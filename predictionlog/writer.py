@@ -51,6 +51,7 @@ class PredictionLog:
         max_queue: int = 10_000,
         sample: float = 1.0,
         batch_size: int = 256,
+        linger: float = 0.05,
         on_drop: Callable[[int], None] | None = None,
         on_written: Callable[[Sequence[Prediction]], None] | None = None,
         seed: int | None = None,
@@ -64,6 +65,10 @@ class PredictionLog:
         self.store = store
         self.sample = sample
         self.batch_size = batch_size
+        #: After the first row of a batch arrives, the writer waits this long for more: one
+        #: wake-up and one transaction per batch instead of per prediction, which keeps the
+        #: writer from competing with the request path for the CPU (and the GIL).
+        self.linger = linger
         self.written = 0
         self.dropped = 0
         self._on_drop = on_drop
@@ -158,6 +163,8 @@ class PredictionLog:
             first = self._queue.get()
             if isinstance(first, _Stop):
                 break
+            if self.linger > 0 and self._queue.qsize() < self.batch_size:
+                time.sleep(self.linger)
             batch = [first]
             while len(batch) < self.batch_size:
                 try:

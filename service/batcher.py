@@ -127,10 +127,13 @@ class Batcher:
         groups: dict[tuple[int, ...], list[_Item]] = {}
         for item in taken:
             groups.setdefault(item.batch.shape[1:], []).append(item)
-        threaded = [g for g in groups.values() if not self._cheap(g)]
+        # decided once per group, before any runs (a run updates the per-sample estimate)
+        inline: list[list[_Item]] = []
+        threaded: list[list[_Item]] = []
         for items in groups.values():
-            if self._cheap(items):
-                self._run_inline(items)
+            (inline if self._cheap(items) else threaded).append(items)
+        for items in inline:
+            self._run_inline(items)
         if threaded:
             self.running = True
             self.loop.create_task(self._run_threaded(threaded))

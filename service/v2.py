@@ -119,7 +119,10 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
             )
         if "data" not in tensor:
             raise InvalidInput(f"input {name!r} needs 'data' (or binary_data_size)")
-        array = from_json(name, tensor["data"], check_bools=True)
+        # numpy would turn a JSON boolean mixed into numbers into 1.0 silently: look for one
+        # element by element only when the JSON text has a boolean literal at all
+        text = head if isinstance(head, bytes) else bytes(head)
+        array = from_json(name, tensor["data"], check_bools=b"true" in text or b"false" in text)
         expected = int(np.prod(shape, dtype=np.int64))
         if array.size != expected:
             raise InvalidInput(

@@ -47,7 +47,7 @@ bench: $(VENV)/.dev
 	@command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq wrk)) || \
 		(echo "bench needs wrk: apt-get install wrk" && exit 1)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .

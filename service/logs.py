@@ -10,7 +10,11 @@ import time
 import orjson
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# the record's own attributes, and uvicorn's ANSI-coloured duplicate of the message
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -32,7 +32,7 @@ class Services:
         self, model: ServedModel, inputs: np.ndarray, outputs: list[np.ndarray], ids: list[str]
     ) -> None:
         """Queue one prediction-log row per instance (never blocks; see PredictionLog)."""
-        if self.log is None:
+        if self.log is None or self.log.sample == 0:
             return
         now = time.time()
         labels = model.card.labels

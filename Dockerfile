@@ -9,6 +9,7 @@ RUN python -m venv /opt/nnserve
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY modelrepo/ modelrepo/
+COPY predictionlog/ predictionlog/
 COPY service/ service/
 # The base dependencies of pyproject.toml are the serving ones; torch is only in [train].
 RUN /opt/nnserve/bin/pip install . \
@@ -20,15 +21,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/nnserve/bin:$PATH \
     NNSERVE_HOST=0.0.0.0 \
     NNSERVE_PORT=8000 \
-    NNSERVE_MODEL_REPOSITORY=/models
+    NNSERVE_MODEL_REPOSITORY=/models \
+    NNSERVE_DATA_DIR=/data
 RUN groupadd --system --gid 10001 nnserve \
     && useradd --system --uid 10001 --gid nnserve --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin nnserve
+       --shell /usr/sbin/nologin nnserve \
+    && install -d -o 10001 -g 10001 /data
 COPY --from=build /opt/nnserve /opt/nnserve
 COPY --chown=10001:10001 models/ /models/
 WORKDIR /srv
 USER 10001:10001
-VOLUME ["/models"]
+# /data holds the prediction log (SQLite, WAL): keep it on a volume so no prediction is lost
+VOLUME ["/models", "/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('NNSERVE_PORT', '8000'), timeout=4)" || exit 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -216,7 +217,7 @@ def test_compose_ports_are_the_documented_ones() -> None:
 def test_compose_volumes_exist_and_bind_mounts_point_into_the_repository() -> None:
     spec = compose()
     named = set(spec["volumes"])
-    assert named == {"models", "prometheus-data", "grafana-data"}
+    assert named == {"models", "nnserve-data", "prometheus-data", "grafana-data"}
     for name, service in spec["services"].items():
         for target, source in mounts(service).items():
             assert target.startswith("/"), (name, target)
@@ -231,8 +232,8 @@ def test_nnserve_and_the_trainer_share_the_models_volume() -> None:
     nnserve, trainer = services["nnserve"], services["trainer"]
     assert trainer["profiles"] == ["train"]
     assert all("profiles" not in s for n, s in services.items() if n != "trainer")
-    assert mounts(nnserve) == {"/models": "models"}
-    assert mounts(trainer) == {"/models": "models"}
+    assert mounts(nnserve) == {"/models": "models", "/data": "nnserve-data"}
+    assert mounts(trainer) == {"/models": "models", "/data": "nnserve-data"}
     assert nnserve["environment"]["NNSERVE_MODEL_REPOSITORY"] == "/models"
     assert nnserve["environment"]["NNSERVE_HOST"] == "0.0.0.0"
     command = trainer["command"]
@@ -311,7 +312,7 @@ def test_images_are_slim_python_311_pinned_and_run_as_a_non_root_user(path: Path
     assert f"--chown={SERVICE_UID}:{SERVICE_UID} models/ /models/" in [
         args for key, args in instructions(path) if key == "COPY"
     ]
-    assert json.loads(last(path, "VOLUME")) == ["/models"]
+    assert json.loads(last(path, "VOLUME"))[0] == "/models"
 
 
 def test_the_service_image_has_no_torch_and_serves_with_a_health_check() -> None:
@@ -475,3 +476,36 @@ def test_dashboard_layout_has_unique_ids_and_no_overlapping_panels() -> None:
 
 def test_dashboard_is_the_file_grafana_loads() -> None:
     assert DASHBOARD.suffix == ".json" and json.loads(DASHBOARD.read_text())["panels"]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "entry"),
+    [
+        (DOCKERFILE, "import service.app, service.__main__"),
+        (DOCKERFILE_TRAIN, "import training.cli, training.retrain, training.pipeline"),
+    ],
+)
+def test_each_image_copies_every_package_its_code_imports(dockerfile: Path, entry: str) -> None:
+    """A first-party package the image lacks would only fail when the container starts."""
+    code = f"import sys; {entry}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    first_party = {m for m in done.stdout.split() if (ROOT / m / "__init__.py").is_file()}
+    copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(\w+)/\s", dockerfile.read_text(), re.M))
+    assert first_party, done.stdout
+    assert first_party <= copied, f"{dockerfile.name} lacks {sorted(first_party - copied)}"
+
+
+def test_the_service_image_keeps_its_prediction_log_on_a_volume() -> None:
+    text = DOCKERFILE.read_text()
+    assert "NNSERVE_DATA_DIR=/data" in text and "install -d -o 10001 -g 10001 /data" in text
+    nnserve = compose()["services"]["nnserve"]
+    assert nnserve["environment"]["NNSERVE_DATA_DIR"] == "/data"
+    assert mounts(nnserve)["/data"] == "nnserve-data"
+    assert mounts(compose()["services"]["trainer"])["/data"] == "nnserve-data"

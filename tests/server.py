@@ -22,6 +22,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_up(process: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's log if it exits or times out."""
+    name = Path(str(process.args[0] if isinstance(process.args, list) else process.args)).name
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not up after {timeout}s:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 class Server:
     def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.process = process
@@ -57,18 +74,7 @@ def running_server(
         )
     server = Server(process, port, log)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
-            try:
-                if httpx.get(f"{server.url}/v2/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not up after {ready_timeout}s:\n{server.logs()}")
-            time.sleep(0.1)
+        wait_until_up(process, f"{server.url}/v2/health/live", ready_timeout, server.log)
         yield server
     finally:
         process.terminate()

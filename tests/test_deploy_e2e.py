@@ -34,7 +34,7 @@ from tests.deploy import (
     require_tool,
     variable_queries,
 )
-from tests.server import free_port, running_server
+from tests.server import free_port, running_server, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -197,20 +197,7 @@ def running_prometheus(binary: str, target_port: int, tmp_path: Path) -> Iterato
         )
     prometheus = Prometheus(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with {process.returncode}:\n{log.read_text()}"
-                )
-            try:
-                if prometheus.client.get("/-/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready after {DEADLINE_S}s:\n{log.read_text()}")
-            time.sleep(0.1)
+        wait_until_up(process, f"http://127.0.0.1:{port}/-/ready", DEADLINE_S, log)
         yield prometheus
     finally:
         prometheus.client.close()

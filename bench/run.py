@@ -35,9 +35,9 @@ import numpy as np
 import onnxruntime as ort
 
 from modelrepo import MODEL_FILE, scan
-from service import v1, v2
-from service.inference import prediction_ids
-from service.model import ServedModel
+from service.context import RequestContext
+from service.protocol import v1, v2
+from service.runtime.model import ServedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -158,7 +158,7 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
     def through_v1() -> None:
         groups, n = v1.decode(body_v1, model)
-        v1.encode(model, groups, [outputs], prediction_ids("id", n), "id")
+        v1.encode(model, groups, [outputs], RequestContext("id", 0.0).prediction_ids(n), "id")
 
     def through_v2() -> None:
         request = v2.decode(body_v2, None, model)

@@ -7,7 +7,7 @@ import signal
 import uvicorn
 
 from service.app import create_app
-from service.logs import configure
+from service.observability.logs import configure
 from service.settings import Settings
 
 

@@ -1,75 +1,71 @@
-"""Domain errors and the one table that maps them to HTTP statuses.
+"""Domain errors: what went wrong, in the engine's words. No transport knows them here; each
+edge maps this tree to its own codes in one table (``service.http.errors`` for HTTP).
 
     NNServeError
-     ├── InvalidInput        400  the request is malformed or does not fit the model
-     ├── Unauthorized        401  management call with a missing or wrong token
-     ├── Forbidden           403  management API is off (no token configured)
-     ├── ModelNotFound       404  unknown model or version
-     ├── MethodNotAllowed    405  e.g. GET on an inference route
-     ├── Conflict            409  feedback that contradicts feedback already recorded
-     ├── BodyTooLarge        413  body over NNSERVE_MAX_BODY_BYTES
-     ├── ModelNotReady       503  known, but not loaded (yet, or failed its checks)
-     ├── Overloaded          503  queue full; carries Retry-After
-     └── DeadlineExceeded    504  waited past its deadline
+     ├── InvalidInput        the request is malformed or does not fit the model
+     ├── Unauthorized        management call with a missing or wrong token
+     ├── Forbidden           the management API is off (no token configured)
+     ├── ModelNotFound       unknown model or version
+     ├── UnknownPrediction   feedback for a prediction id that was never logged
+     ├── Conflict            feedback that contradicts feedback already recorded
+     ├── RequestTooLarge     a request body over NNSERVE_MAX_BODY_BYTES
+     ├── ModelNotReady       known, but not loaded (yet, or failed its checks)
+     ├── Overloaded          queue full; ``retry_after_s`` says when to try again
+     └── DeadlineExceeded    waited past its deadline
 
-Anything else is a bug: logged with the request id, answered with a generic 500.
+Anything else is a bug: logged with the request id, answered as a generic internal error.
+``LoadError`` is not a request error: it is why a model version was refused at load time.
 """
 
 from __future__ import annotations
 
 
 class NNServeError(Exception):
-    status = 500
-    headers: dict[str, str] = {}  # noqa: RUF012 - overridden per class, never mutated
-
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
 class InvalidInput(NNServeError):
-    status = 400
+    pass
 
 
 class Unauthorized(NNServeError):
-    status = 401
-    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
+    pass
 
 
 class Forbidden(NNServeError):
-    status = 403
+    pass
 
 
 class ModelNotFound(NNServeError):
-    status = 404
+    pass
 
 
-class MethodNotAllowed(NNServeError):
-    status = 405
+class UnknownPrediction(ModelNotFound):
+    pass
 
 
 class Conflict(NNServeError):
-    status = 409
+    pass
 
 
-class BodyTooLarge(NNServeError):
-    status = 413
+class RequestTooLarge(NNServeError):
+    pass
 
 
 class ModelNotReady(NNServeError):
-    status = 503
+    pass
 
 
 class Overloaded(NNServeError):
-    status = 503
-
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after_s)}
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(NNServeError):
-    status = 504
+    pass
 
 
 class LoadError(Exception):

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.batcher import BatchConfig
-from service.policy import ModelPolicy, VersionPolicy, check_policy
+from service.repository.policy import ModelPolicy, VersionPolicy, check_policy
+from service.runtime.batcher import BatchConfig
 
 
 class Settings(BaseSettings):

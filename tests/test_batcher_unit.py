@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from service.batcher import BatchConfig, Batcher
+from service.runtime.batcher import BatchConfig, Batcher
 
 
 def fake_model(seconds_per_sample: float, slow_down: float) -> SimpleNamespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelrepo import read_card
-from service.quality import PSI_EPSILON, Drift, Quality
+from service.observability.quality import PSI_EPSILON, Drift, Quality
 from tests.conftest import MODELS
 
 

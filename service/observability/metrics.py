@@ -1,6 +1,6 @@
 """Every Prometheus metric of the service, defined here and nowhere else.
 
-Observed at two choke points: :class:`service.http.RequestObserver` (one per HTTP request)
+Observed at two choke points: :class:`service.http.edge.RequestObserver` (one per request)
 and :meth:`Metrics.inference_done` (one per onnxruntime run). Each app owns its registry, so
 tests can build many apps in one process.
 """
@@ -28,7 +28,7 @@ from modelrepo import ModelCard
 
 if TYPE_CHECKING:
     from predictionlog import PredictionLog
-    from service.quality import Quality
+    from service.observability.quality import Quality
 
 #: Sub-millisecond to ten seconds.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -52,7 +52,8 @@ class VersionMetrics:
 
 class Collected:
     """Figures kept outside prometheus_client and read at scrape time: the prediction log's
-    counts, and live accuracy, feedback and drift from :class:`service.quality.Quality`."""
+    counts, and live accuracy, feedback and drift from
+    :class:`service.observability.quality.Quality`."""
 
     def __init__(self) -> None:
         self.quality: Quality | None = None

@@ -1,8 +1,6 @@
-"""Raw request values → a validated float32 batch for one model input.
-
-Shared by both protocols: they differ in how values arrive (nested JSON, flat JSON with a
-shape, raw bytes), not in what a model accepts. Checks run on whole arrays, never element by
-element in Python: shape against the declared one, numbers only, finite, declared range.
+"""Request values → numeric arrays, shared by both protocols: they differ in how values
+arrive (nested JSON, flat JSON with a shape, raw bytes), not in what a model accepts (that is
+``service.runtime.checks``). Checks run on whole arrays, never element by element in Python.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from modelrepo import TensorSpec
 from service.errors import InvalidInput
 
 #: Open Inference Protocol datatype → numpy dtype (BYTES is not numeric: refused).
@@ -24,10 +21,6 @@ V2_DTYPES: dict[str, np.dtype[Any]] = {
 }  # fmt: skip
 #: What a float model input accepts: every numeric datatype; BOOL and BYTES are refused.
 FLOAT_COMPATIBLE = frozenset(V2_DTYPES) - {"BOOL"}
-
-
-def describe_shape(shape: list[int] | tuple[int, ...]) -> str:
-    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
 
 
 def contains_bool(value: Any) -> bool:
@@ -89,67 +82,3 @@ def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryvi
             f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class InputCheck:
-    """One model input's checks, prepared once per loaded version: they run on every request.
-
-    ``conform`` checks an array against the declared shape (``-1`` = any), numbers only,
-    finite (and representable in float32), the declared value range; it returns the array as
-    a contiguous float32 batch.
-    """
-
-    def __init__(self, spec: TensorSpec) -> None:
-        self.spec = spec
-        self.rank = len(spec.shape)
-        self.fixed = [(axis, size) for axis, size in enumerate(spec.shape) if size != -1]
-        self.variable_axes = spec.shape.count(-1)
-        self.instance_shape = spec.shape[1:]
-        self.low, self.high = spec.min_value, spec.max_value
-        self.shape_text = describe_shape(spec.shape)
-        self.instance_text = describe_shape(spec.shape[1:])
-
-    def conform(self, array: np.ndarray, label: str | None = None) -> np.ndarray:
-        shape = array.shape
-        ok = len(shape) == self.rank
-        if ok:
-            for axis, size in self.fixed:
-                if shape[axis] != size:
-                    ok = False
-                    break
-        if not ok:
-            raise InvalidInput(
-                f"input {label or self.spec.name!r}: expected shape "
-                f"{self.shape_text}, got {list(shape)}"
-            )
-        if array.size == 0:
-            raise InvalidInput(
-                f"input {label or self.spec.name!r}: shape {list(shape)} holds no values"
-            )
-        kind = array.dtype.kind
-        if kind == "f":
-            largest = np.abs(array).max()
-            if not largest <= FLOAT32_MAX:  # NaN, ±inf, or beyond float32
-                raise InvalidInput(
-                    f"input {label or self.spec.name!r}: values must be finite "
-                    f"numbers; got {largest}"
-                )
-        elif kind == "b":
-            raise InvalidInput(f"input {label or self.spec.name!r}: expected numbers, got booleans")
-        batch = (
-            array
-            if array.dtype == np.float32 and array.flags.c_contiguous
-            else (np.ascontiguousarray(array, dtype=np.float32))
-        )
-        low, high = self.low, self.high
-        if low is not None or high is not None:
-            smallest, largest = batch.min(), batch.max()
-            if (low is not None and smallest < low) or (high is not None and largest > high):
-                raise InvalidInput(
-                    f"input {label or self.spec.name!r}: values must be within "
-                    f"[{low}, {high}]; got min {smallest:g}, max {largest:g}"
-                )
-        return batch

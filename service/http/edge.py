@@ -1,5 +1,5 @@
-"""The HTTP edge: one ASGI middleware observes every request (id, metrics, log line, last-
-resort 500), and the one table turning domain errors into responses."""
+"""The outermost ASGI layer: observes every HTTP request (id, metrics, log line, last-resort
+500), whichever of the fast path or FastAPI answers it."""
 
 from __future__ import annotations
 
@@ -12,35 +12,15 @@ from itertools import count
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import NNServeError
-from service.logs import request_id
-from service.metrics import Metrics
+from service.http.requests import Exchange
+from service.http.responses import JSON
+from service.observability.logs import request_id
+from service.observability.metrics import Metrics
 
 log = logging.getLogger("nnserve.http")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-JSON = "application/json"
-
-
-def error_body(exc: NNServeError) -> bytes:
-    return orjson.dumps({"error": exc.message})
-
-
-def error_response(exc: NNServeError) -> Response:
-    return Response(error_body(exc), status_code=exc.status, headers=exc.headers, media_type=JSON)
-
-
-def json_response(
-    content: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        headers=headers,
-        media_type=JSON,
-    )
 
 
 def protocol_of(path: str) -> str:
@@ -54,9 +34,10 @@ def protocol_of(path: str) -> str:
 class RequestObserver:
     """Pure ASGI middleware: the per-request choke point for metrics and logging.
 
-    Handlers put the model and version they resolved into ``scope["nnserve"]`` so the labels
-    only ever carry names that exist (bounded cardinality). Labelled metric children are
-    cached: ``.labels()`` is not free and this runs on every request.
+    It puts an :class:`Exchange` into ``scope["nnserve"]``; the route that resolves a model
+    names it there, so the labels only ever carry names that exist (bounded cardinality).
+    Labelled metric children are cached: ``.labels()`` is not free and this runs on every
+    request.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -101,9 +82,9 @@ class RequestObserver:
         started = time.perf_counter()
         rid = self._request_id(scope)
         token = request_id.set(rid)
-        labels: dict[str, Any] = {"model": "", "version": "", "request_id": rid}
-        scope["nnserve"] = labels
         protocol = protocol_of(scope["path"])
+        record = Exchange(rid, protocol)
+        scope["nnserve"] = record
         self._in_flight[protocol] += 1
         status = 500
         response_started = False
@@ -137,12 +118,9 @@ class RequestObserver:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
-            lease = labels.get("lease")
-            if lease is not None:
-                lease.leases -= 1
             self._in_flight[protocol] -= 1
             seconds = time.perf_counter() - started
-            self._observe(protocol, labels["model"], labels["version"], status, seconds)
+            self._observe(protocol, record.model, record.version, status, seconds)
             if status >= 400 and status != 500:
                 log.info(
                     "%s %s -> %d",

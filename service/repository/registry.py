@@ -1,26 +1,28 @@
-"""Which model versions are served: loading, version policy, hot reload, look-ups.
+"""Which model versions are served: loading, version policy, hot reload, look-ups, leases.
 
 ``served`` is a dict replaced as a whole on every change (never mutated in place): a swap is
-one assignment on the event loop. A request holds the :class:`ServedModel` it resolved (a
-lease), so it finishes on the version it started on; a retired version is released once its
-leases and its queue have drained.
+one assignment on the event loop. Each served version is a :class:`ServedVersion` record: the
+immutable model, its batcher and metrics, and its leases. A request leases the version it
+resolved (:meth:`Registry.lease`), so it finishes on the version it started on; a retired
+version is released once its leases and its queue have drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, RepositoryError, scan, version_dir
-from service.batcher import Batcher
 from service.errors import LoadError, ModelNotFound, ModelNotReady
-from service.metrics import Metrics
-from service.model import ServedModel
-from service.policy import ModelPolicy, read_policy
+from service.observability.metrics import Metrics, VersionMetrics
+from service.repository.policy import ModelPolicy, read_policy
+from service.runtime.batcher import Batcher
+from service.runtime.model import ServedModel
 
 log = logging.getLogger("nnserve.registry")
 
@@ -30,6 +32,17 @@ class Failure:
     reason: str
     message: str
     stamp: tuple[int, ...]  # the files' (mtime, size): a changed file is tried again
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """The registry's record of one serving version: what serving it acquired."""
+
+    model: ServedModel
+    batcher: Batcher
+    metrics: VersionMetrics
+    #: Requests that leased this version and have not finished.
+    leases: int = field(default=0)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ class Registry:
         self.drain_timeout_s = drain_timeout_s
         self.on_load = on_load
         self.on_unload = on_unload
-        self.served: dict[str, dict[int, ServedModel]] = {}
+        self.served: dict[str, dict[int, ServedVersion]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
         self.unloaded: set[str] = set()  # unloaded through the management API
@@ -109,39 +122,39 @@ class Registry:
                     served.pop(name, None)
             previous, self.served = self.served, served
             for name, retired in previous.items():
-                for version, model in retired.items():
-                    if served.get(name, {}).get(version) is not model:
-                        self._retire(model)
+                for version, record in retired.items():
+                    if served.get(name, {}).get(version) is not record:
+                        self._retire(record)
             if previous.keys() != served.keys() or any(
                 previous[n].keys() != served[n].keys() for n in served if n in previous
             ):
                 log.info("serving %s", {n: sorted(v) for n, v in served.items()} or "nothing")
 
     async def _choose(
-        self, name: str, versions: list[int], current: dict[int, ServedModel]
-    ) -> dict[int, ServedModel]:
+        self, name: str, versions: list[int], current: dict[int, ServedVersion]
+    ) -> dict[int, ServedVersion]:
         try:
             policy = read_policy(self.root / name, self.default_policy)
         except ValueError as exc:
             log.error("ignoring invalid serving settings of %s: %s", name, exc)
             policy = self.default_policy
         candidates, wanted = policy.versions.choose(versions)
-        chosen: dict[int, ServedModel] = {}
+        chosen: dict[int, ServedVersion] = {}
         for version in candidates:
             if wanted is not None and len(chosen) >= wanted:
                 break
-            model = current.get(version)
-            if model is None:
-                model = await self._load(name, version, policy)
-            if model is not None:
-                chosen[version] = model
+            record = current.get(version)
+            if record is None:
+                record = await self._load(name, version, policy)
+            if record is not None:
+                chosen[version] = record
         if not chosen and current and versions:
             # nothing new passes its checks: whatever was serving keeps serving
             still_there = {v: m for v, m in current.items() if v in versions}
             return still_there
         return chosen
 
-    async def _load(self, name: str, version: int, policy: ModelPolicy) -> ServedModel | None:
+    async def _load(self, name: str, version: int, policy: ModelPolicy) -> ServedVersion | None:
         folder = version_dir(self.root, name, version)
         stamp = _stamp(folder)
         known = self.failures.get((name, version))
@@ -163,8 +176,10 @@ class Registry:
             )
             return None
         self.failures.pop((name, version), None)
-        model.metrics = self.metrics.version_loaded(model.card, model.load_seconds)
-        model.batcher = Batcher(model, policy.batching, self.executor)
+        metrics = self.metrics.version_loaded(model.card, model.load_seconds)
+        served = ServedVersion(
+            model, Batcher(model, policy.batching, self.executor, metrics), metrics
+        )
         if self.on_load is not None:
             self.on_load(model.card)
         log.info(
@@ -174,20 +189,20 @@ class Registry:
             model.load_seconds,
             extra={"model": name, "version": version},
         )
-        return model
+        return served
 
-    def _retire(self, model: ServedModel) -> None:
-        task = asyncio.get_running_loop().create_task(self._drain(model))
+    def _retire(self, served: ServedVersion) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(served))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _drain(self, model: ServedModel) -> None:
+    async def _drain(self, served: ServedVersion) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout_s
-        while model.leases > 0 and loop.time() < deadline:
+        while served.leases > 0 and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if model.batcher is not None:
-            await model.batcher.close(max(0.0, deadline - loop.time()))
+        await served.batcher.close(max(0.0, deadline - loop.time()))
+        model = served.model
         self.metrics.version_unloaded(model.card)
         if self.on_unload is not None:
             self.on_unload(model.card)
@@ -239,8 +254,8 @@ class Registry:
         async with self._lock:
             previous, self.served = self.served, {}
             for versions in previous.values():
-                for model in versions.values():
-                    self._retire(model)
+                for record in versions.values():
+                    self._retire(record)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -253,8 +268,10 @@ class Registry:
                 log.exception("repository poll failed")
 
     # -- look-ups ----------------------------------------------------------------------------
-    def get(self, name: str, version: int | None = None) -> ServedModel:
-        """The served version asked for, or the newest served one; raises 404 / 503."""
+    def get(self, name: str, version: str | None = None) -> ServedVersion:
+        """The served version asked for (its text, as a client wrote it), or the newest
+        served one; raises ModelNotFound / ModelNotReady."""
+        number = None if version is None else self.parse_version(version)
         versions = self.served.get(name)
         if not versions:
             if name in self.unloaded:
@@ -268,14 +285,29 @@ class Registry:
             raise ModelNotFound(
                 f"unknown model {name!r}; available: {sorted(self.served) or 'none'}"
             )
-        if version is None:
+        if number is None:
             return versions[max(versions)]
-        model = versions.get(version)
-        if model is None:
+        served = versions.get(number)
+        if served is None:
             raise ModelNotFound(
-                f"model {name!r} has no version {version} being served; served: {sorted(versions)}"
+                f"model {name!r} has no version {number} being served; served: {sorted(versions)}"
             )
-        return model
+        return served
+
+    @contextmanager
+    def lease(self, name: str, version: str | None = None) -> Iterator[ServedVersion]:
+        """The served version a request works on, held until the ``with`` block ends: a swap
+        meanwhile retires it only after the request is done."""
+        served = self.get(name, version)
+        served.leases += 1
+        try:
+            yield served
+        finally:
+            served.leases -= 1
+
+    def newest(self, name: str) -> ServedModel | None:
+        versions = self.served.get(name)
+        return versions[max(versions)].model if versions else None
 
     def ready(self) -> bool:
         return bool(self.expected) and all(self.served.get(n) for n in self.expected)

@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2) REST codec, with the binary tensor data extension.
 
 Decodes a request body into one validated batch and encodes the outputs, as JSON or as a
-JSON header followed by raw tensor bytes (``Inference-Header-Content-Length``).
+JSON header followed by raw tensor bytes; the edge carries the JSON header's length (the
+``Inference-Header-Content-Length`` HTTP header) in and out.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
-from service.model import ServedModel
-from service.tensors import (
+from service.protocol.jsonbody import parse_json_body
+from service.protocol.tensors import (
     FLOAT_COMPATIBLE,
     V2_DTYPES,
     check_declared_type,
     from_bytes,
     from_json,
 )
+from service.runtime.model import ServedModel
 
-HEADER_LENGTH = "inference-header-content-length"
 _NUMPY_TO_V2 = {dtype: name for name, dtype in V2_DTYPES.items()}
 
 
@@ -33,29 +34,16 @@ class InferRequest:
     outputs: list[tuple[str, bool]]  # (name, as binary)
 
 
-def parse_json_body(body: bytes | memoryview) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"malformed JSON: {exc} (NaN and Infinity are not JSON numbers)"
-        ) from None
-
-
 def _flag(params: Any, key: str) -> bool:
     return isinstance(params, dict) and params.get(key) is True
 
 
-def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferRequest:
+def decode(body: bytes, header_length: int | None, model: ServedModel) -> InferRequest:
+    """``header_length``: the JSON header's length when binary tensors follow it."""
     binary: memoryview | None = None
     head: bytes | memoryview = body
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidInput(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
-            ) from None
+        n = header_length
         if not 0 < n <= len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes"
@@ -195,3 +183,23 @@ def encode(
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)
+
+
+def metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
+    """Model metadata: the served ``versions`` of the model, and this version's tensors."""
+    card = model.card
+    return {
+        "name": card.name,
+        "versions": [str(v) for v in versions],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in card.inputs],
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in card.outputs
+        ],
+        "parameters": {
+            "kind": card.kind,
+            "task": card.task,
+            "labels": card.labels,
+            "feature_names": card.feature_names,
+        },
+    }

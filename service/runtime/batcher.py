@@ -13,8 +13,8 @@ loop: the thread hop would cost more than the model. Longer ones run in a worker
 (onnxruntime frees the GIL), so the loop stays free.
 
 Samples are batched only with samples of the same shape, so variable-length sequences run in
-groups of one length: batching never changes a prediction. The queue is bounded (503 +
-Retry-After when full) and every request has a deadline (504; a sample whose deadline passes
+groups of one length: batching never changes a prediction. The queue is bounded (Overloaded
+when full) and every request has a deadline (DeadlineExceeded; a sample whose deadline passes
 before its batch starts is dropped from it).
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -30,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InvalidInput, Overloaded
-from service.metrics import Metrics
-from service.model import ServedModel
+from service.errors import DeadlineExceeded, Overloaded
+from service.observability.metrics import Metrics, VersionMetrics
+from service.runtime.model import ServedModel
 
 log = logging.getLogger("nnserve.batcher")
 
@@ -54,17 +53,24 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, model: ServedModel, config: BatchConfig, executor: Executor) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        config: BatchConfig,
+        executor: Executor,
+        metrics: VersionMetrics | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.executor = executor
+        self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         self.items: deque[_Item] = deque()
         self.queued = 0  # samples waiting
         self.running = False  # a batch is in a worker thread
         self.scheduled = False  # a drain is scheduled on the loop
-        if model.metrics is not None:  # read at scrape time, no lock per request
-            model.metrics.queue_depth.set_function(lambda: self.queued)
+        if metrics is not None:  # read at scrape time, no lock per request
+            metrics.queue_depth.set_function(lambda: self.queued)
         #: Seconds per sample (moving average), to choose between the loop and a thread.
         self.per_sample_s = model.seconds_per_sample
 
@@ -165,7 +171,7 @@ class Batcher:
         return items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
 
     def _observe_queue(self, items: list[_Item]) -> None:
-        children = self.model.metrics
+        children = self.metrics
         if children is not None:
             started = time.perf_counter()
             for item in items:
@@ -198,7 +204,7 @@ class Batcher:
                 self._schedule()
 
     def _fail(self, items: list[_Item], exc: Exception) -> None:
-        """An onnxruntime failure: each request of the batch gets a 500."""
+        """An onnxruntime failure: each request of the batch gets it (an internal error)."""
         log.exception(
             "inference failed for %s/%d", self.model.name, self.model.version, exc_info=exc
         )
@@ -225,7 +231,7 @@ class Batcher:
         outputs = self.model.run(batch)
         seconds = time.perf_counter() - started
         self.per_sample_s = 0.9 * self.per_sample_s + 0.1 * seconds / len(batch)
-        children = self.model.metrics
+        children = self.metrics
         if children is not None:
             index = self.model.probabilities_index
             predicted = outputs[index].argmax(axis=1) if index is not None else None
@@ -246,22 +252,3 @@ class Batcher:
                 item.future.set_exception(DeadlineExceeded("the model was unloaded"))
         self.items.clear()
         self.queued = 0
-
-
-TIMEOUT_HEADER = "x-request-timeout-ms"
-
-
-def deadline_from(header: str | None, default_s: float) -> float:
-    """Absolute ``perf_counter`` deadline: the ``X-Request-Timeout-Ms`` header, else the
-    default (``NNSERVE_REQUEST_TIMEOUT_MS``)."""
-    timeout = default_s
-    if header is not None:
-        try:
-            timeout = float(header) / 1000
-        except ValueError:
-            timeout = math.nan
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise InvalidInput(
-                f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {header!r}"
-            )
-    return time.perf_counter() + timeout

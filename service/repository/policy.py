@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.batcher import BatchConfig
+from service.runtime.batcher import BatchConfig
 
 SERVING_FILE = "serving.json"
 _POLICY = re.compile(r"latest:[1-9][0-9]*|all|specific:[1-9][0-9]*(,[1-9][0-9]*)*")

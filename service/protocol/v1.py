@@ -3,7 +3,7 @@
 Instances come in the model's natural shape: a row of numbers or an object keyed by feature
 name (tabular), a 28x28 array (images), a list of time steps of any length (sequences).
 Sequences of different lengths are split into groups of one length, so no padding ever
-reaches a model.
+reaches a model. Feedback bodies (``{"id", "label"}`` or a list of them) are decoded here too.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
-from service.model import ServedModel
-from service.tensors import from_json
-from service.v2 import parse_json_body
+from service.protocol.jsonbody import parse_json_body
+from service.protocol.tensors import from_json
+from service.runtime.model import ServedModel
 
 Group = tuple[list[int] | None, np.ndarray]  # (instance positions or None for all, batch)
 
@@ -121,4 +121,31 @@ def encode(
         "model_name": model.name,
         "model_version": str(model.version),
         "id": request_id,
+    }
+
+
+def decode_feedback(body: bytes) -> list[tuple[str, str]]:
+    """``{"id": ..., "label": ...}`` or a list of them → (prediction id, label) pairs."""
+    payload = parse_json_body(body)
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise InvalidInput('feedback is empty; send {"id": ..., "label": ...} or a list')
+    pairs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"id", "label"}:
+            raise InvalidInput(f"feedback {i}: expected an object with exactly 'id' and 'label'")
+        if not isinstance(item["id"], str) or not isinstance(item["label"], str):
+            raise InvalidInput(f"feedback {i}: 'id' and 'label' must be strings")
+        pairs.append((item["id"], item["label"]))
+    return pairs
+
+
+def describe(model: ServedModel, versions: list[int]) -> dict[str, Any]:
+    """A model's card (without the reference batch and drift baseline) and served versions."""
+    return {
+        "name": model.name,
+        "ready": True,
+        "version": str(model.version),
+        "versions": [str(v) for v in versions],
+        "card": model.card.model_dump(exclude={"reference", "baseline"}),
     }

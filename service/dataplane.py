@@ -1,0 +1,167 @@
+"""The data plane: the one module every edge calls (HTTP today; gRPC and explain next).
+
+It resolves and leases a model version, admits a request's batch to that version's batcher
+under the request's deadline, logs the predictions, records feedback, and answers the
+repository calls. It takes a :class:`RequestContext` and decoded arrays, returns arrays and
+plain values, and raises domain errors: no transport, no wire format, no status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelrepo import is_valid_name
+from predictionlog import Feedback, FeedbackConflict, Prediction, PredictionLog, Store
+from predictionlog import UnknownPrediction as NotInStore
+from service.context import RequestContext
+from service.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady, UnknownPrediction
+from service.observability.quality import Quality
+from service.repository.registry import Registry, ServedVersion, VersionState
+from service.runtime.model import ServedModel
+
+
+@dataclass
+class DataPlane:
+    registry: Registry
+    quality: Quality
+    log: PredictionLog | None = None
+    store: Store | None = None
+
+    # -- look-ups ----------------------------------------------------------------------------
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model asked for (newest version when none is named)."""
+        return self.registry.get(name, version).model
+
+    def lease(self, name: str, version: str | None = None) -> AbstractContextManager[ServedVersion]:
+        """``with plane.lease(name, version) as served:`` the version a request works on; a
+        swap meanwhile lets it finish there (the lease ends with the block)."""
+        return self.registry.lease(name, version)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.registry.served.get(name, {}))
+
+    def models(self) -> list[str]:
+        return sorted(self.registry.served)
+
+    def ready(self) -> bool:
+        return self.registry.ready()
+
+    def waiting(self) -> list[str]:
+        """Models in the repository with no version serving (why the server is not ready)."""
+        return sorted(n for n in self.registry.expected if not self.registry.served.get(n))
+
+    # -- inference ---------------------------------------------------------------------------
+    async def infer(
+        self, ctx: RequestContext, served: ServedVersion, batch: np.ndarray, ids: list[str]
+    ) -> list[np.ndarray]:
+        """Every output for ``batch`` (one row per id), run in some batch before the request's
+        deadline; the predictions are queued for the prediction log under ``ids``."""
+        outputs = await served.batcher.submit(batch, ctx.deadline)
+        self._log(served.model, batch, outputs, ids)
+        return outputs
+
+    def _log(
+        self, model: ServedModel, inputs: np.ndarray, outputs: list[np.ndarray], ids: list[str]
+    ) -> None:
+        """Queue one prediction-log row per instance (never blocks; see PredictionLog)."""
+        if self.log is None or self.log.sample == 0:
+            return
+        now = time.time()
+        labels = model.card.labels
+        index = model.probabilities_index
+        scores = outputs[index if index is not None else -1]
+        names: list[str | None] = (
+            [labels[i] for i in scores.argmax(axis=1).tolist()] if labels else [None] * len(ids)
+        )
+        self.log.record(
+            [
+                Prediction(
+                    id=pid,
+                    time=now,
+                    model=model.name,
+                    version=model.version,
+                    inputs=inputs[i],
+                    outputs=scores[i],
+                    label=names[i],
+                )
+                for i, pid in enumerate(ids)
+            ]
+        )
+
+    # -- feedback ----------------------------------------------------------------------------
+    async def feedback(self, model: str, pairs: list[tuple[str, str]]) -> dict[str, int]:
+        """Ground truth for logged predictions: every item's id, model and label is checked
+        before any is stored. Store I/O runs in a worker thread."""
+        if self.log is None or self.store is None:
+            raise ModelNotReady("feedback needs the prediction log (NNSERVE_PREDICTION_LOG=true)")
+        if model not in self.registry.found and model not in self.registry.served:
+            raise ModelNotFound(f"unknown model {model!r}")
+        return await asyncio.to_thread(self._record_feedback, self.log, self.store, model, pairs)
+
+    def _record_feedback(
+        self, log: PredictionLog, store: Store, model: str, pairs: list[tuple[str, str]]
+    ) -> dict[str, int]:
+        log.flush(timeout=10.0)  # the predictions being labelled may still be queued
+        newest = self.registry.newest(model)
+        labels = newest.card.labels if newest is not None else []
+        checked = []
+        for number, (prediction_id, label) in enumerate(pairs):
+            prediction = store.get_prediction(prediction_id)
+            if prediction is None:
+                raise UnknownPrediction(
+                    f"feedback {number}: unknown prediction id {prediction_id!r} "
+                    "(not logged, or not sampled)"
+                )
+            if prediction.model != model:
+                raise InvalidInput(
+                    f"feedback {number}: prediction {prediction_id!r} was made by "
+                    f"{prediction.model!r}, not {model!r}"
+                )
+            if labels and label not in labels:
+                raise InvalidInput(
+                    f"feedback {number}: unknown label {label!r}; expected one of {labels}"
+                )
+            checked.append((prediction, label))
+        recorded = duplicates = 0
+        for prediction, label in checked:
+            try:
+                new = store.record_feedback(Feedback(prediction.id, label, time.time()))
+            except FeedbackConflict as exc:
+                raise Conflict(
+                    f"prediction {prediction.id!r} already has a different label: {exc}"
+                ) from None
+            except NotInStore as exc:  # removed between the check and now
+                raise UnknownPrediction(f"unknown prediction id {prediction.id!r}: {exc}") from None
+            if new:
+                recorded += 1
+                self.quality.feedback(
+                    prediction.model, prediction.version, prediction.label == label
+                )
+            else:
+                duplicates += 1
+        return {"recorded": recorded, "duplicates": duplicates}
+
+    # -- the repository ----------------------------------------------------------------------
+    async def index(self) -> list[VersionState]:
+        await self.registry.sync()
+        return self.registry.index()
+
+    async def load(self, name: str) -> list[int]:
+        """Load (or reload) a model per its policy; the versions now served."""
+        await self.registry.load(_repository_name(name))
+        return self.versions(name)
+
+    async def unload(self, name: str) -> None:
+        await self.registry.unload(_repository_name(name))
+
+
+def _repository_name(name: str) -> str:
+    """Names come from clients; only repository names are ever turned into paths."""
+    if not is_valid_name(name):
+        raise InvalidInput(f"invalid model name {name!r}: expected [a-z0-9][a-z0-9-]{{0,62}}")
+    return name

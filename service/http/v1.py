@@ -1,0 +1,53 @@
+"""Friendly JSON routes (KServe v1 style), besides ``:predict`` (``service.http.inference``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.http.errors import ERRORS
+from service.http.requests import exchange, read_body
+from service.http.responses import json_response
+from service.http.state import state
+from service.protocol import v1
+from service.protocol.schemas import V1Feedback, V1FeedbackResponse, V1ModelList
+
+router = APIRouter(prefix="/v1", tags=["Friendly JSON (v1)"], responses=ERRORS)
+
+
+@router.get("/models", response_model=V1ModelList, summary="Models being served")
+async def list_models(request: Request) -> Response:
+    return json_response({"models": state(request).plane.models()})
+
+
+@router.get("/models/{model_name}", summary="A model's card: I/O, labels, metrics, provenance")
+async def describe(request: Request, model_name: str) -> Response:
+    plane = state(request).plane
+    model = plane.model(model_name)
+    exchange(request.scope).resolved(model)
+    return json_response(v1.describe(model, plane.versions(model.name)))
+
+
+@router.post(
+    "/models/{model_name}/feedback",
+    response_model=V1FeedbackResponse,
+    summary="Ground truth for logged predictions",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{V1Feedback.__name__}"}
+                }
+            },
+        }
+    },
+)
+async def feedback(request: Request, model_name: str) -> Response:
+    edge = state(request)
+    body = await read_body(
+        request.receive,
+        request.headers.get("content-length", "").encode() or None,
+        edge.settings.max_body_bytes,
+    )
+    return json_response(await edge.plane.feedback(model_name, v1.decode_feedback(body)))

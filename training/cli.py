@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from modelrepo import RepositoryError
 from training.config import TrainConfig
@@ -16,7 +18,8 @@ from training.recipes import RECIPES
 
 
 def _options() -> argparse.ArgumentParser:
-    """The options both commands take: where to publish and the hyper-parameters."""
+    """The options both commands take: where to publish, and one option per field of
+    :class:`TrainConfig` (``--batch-size`` for ``batch_size``) with the field's help."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--repository",
@@ -24,21 +27,20 @@ def _options() -> argparse.ArgumentParser:
         default=Path("models"),
         help="model repository folder (default: models)",
     )
-    common.add_argument(
-        "--quick",
-        action="store_true",
-        help="small stratified subset and few epochs: same code path, for tests",
+    settings = common.add_argument_group(
+        "training settings", "defaults differ per model: see training/recipes.py"
     )
-    common.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
-    common.add_argument("--seed", type=int)
-    common.add_argument("--lr", type=float, help="learning rate")
-    common.add_argument("--batch-size", type=int)
-    common.add_argument("--weight-decay", type=float)
-    common.add_argument("--dropout", type=float)
-    common.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    common.add_argument("--optimizer", choices=["adam", "sgd"])
-    common.add_argument("--hidden", type=int, help="hidden width / LSTM state size")
-    common.add_argument("--threads", type=int, help="torch threads (default 2)")
+    types = get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        option, kind = "--" + field.name.replace("_", "-"), types[field.name]
+        help = field.metadata["help"]
+        # default None everywhere: an option that is absent leaves the recipe's default alone
+        if kind is bool:
+            settings.add_argument(option, action="store_true", default=None, help=help)
+        elif get_origin(kind) is Literal:
+            settings.add_argument(option, choices=get_args(kind), help=help)
+        else:
+            settings.add_argument(option, type=kind, help=help)
     return common
 
 
@@ -98,23 +100,12 @@ def check_repository(path: Path) -> None:
 
 
 def config_for(name: str, args: argparse.Namespace) -> TrainConfig:
-    return (
-        RECIPES[name]
-        .defaults.replace(
-            epochs=args.epochs if args.epochs is not None else (2 if args.quick else None),
-            seed=args.seed,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            weight_decay=args.weight_decay,
-            dropout=args.dropout,
-            patience=args.patience,
-            optimizer=args.optimizer,
-            hidden=args.hidden,
-            threads=args.threads,
-            quick=args.quick or None,
-        )
-        .validate()
-    )
+    """The recipe's defaults with every setting given on the command line; ``--quick`` alone
+    also means 2 epochs."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    if args.quick and args.epochs is None:
+        given["epochs"] = 2
+    return RECIPES[name].defaults.replace(**given).validate()
 
 
 def main(argv: list[str] | None = None) -> int:

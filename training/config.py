@@ -1,29 +1,47 @@
-"""Every training setting in one place, with what it does. Saved into ``model.json``."""
+"""Every training setting in one place, with what it does. Saved into ``model.json``.
+
+Each field's ``help`` is also its ``python -m training --<field-name>`` option's help: the
+command line is derived from this class (``training/cli.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from training.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _setting(default: T, help: str) -> T:
+    """A field with its default and the one description of what it does."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60  # upper bound on epochs; early stopping usually ends sooner
-    batch_size: int = 32  # samples per optimizer step
-    lr: float = 1e-3  # learning rate
-    weight_decay: float = 1e-4  # L2 penalty (AdamW-style decoupled for adam, classic for sgd)
-    dropout: float = 0.2  # dropout probability in hidden layers
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9  # SGD only (Nesterov)
-    patience: int = 8  # epochs without a better validation loss before stopping
-    val_fraction: float = 0.15  # share of the official training split held out for validation
-    seed: int = 0  # seeds python, numpy and torch: a rerun gives the same figures
-    hidden: int = 64  # width of the hidden layer(s) / LSTM state
-    threads: int = 2  # torch intra-op threads
-    quick: bool = False  # a small stratified subset, same code path (tests)
+    epochs: int = _setting(60, "maximum epochs; early stopping usually ends sooner")
+    batch_size: int = _setting(32, "samples per optimizer step")
+    lr: float = _setting(1e-3, "learning rate")
+    weight_decay: float = _setting(
+        1e-4, "L2 penalty (AdamW-style decoupled for adam, classic for sgd)"
+    )
+    dropout: float = _setting(0.2, "dropout probability in hidden layers")
+    optimizer: Literal["adam", "sgd"] = _setting("adam", "adam (AdamW) or sgd (Nesterov)")
+    momentum: float = _setting(0.9, "SGD momentum, Nesterov when > 0 (sgd only)")
+    patience: int = _setting(8, "epochs without a better validation loss before stopping")
+    val_fraction: float = _setting(
+        0.15, "share of the official training split held out for validation"
+    )
+    seed: int = _setting(0, "seeds python, numpy and torch: a rerun gives the same figures")
+    hidden: int = _setting(64, "width of the hidden layer(s) / LSTM state size")
+    threads: int = _setting(2, "torch intra-op threads")
+    quick: bool = _setting(
+        False,
+        "a small stratified subset, same code path, for tests (on the command line also "
+        "2 epochs unless --epochs is given)",
+    )
 
     def validate(self) -> TrainConfig:
         checks = [

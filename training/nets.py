@@ -12,6 +12,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 class Normalize(nn.Module):
     """``(x - mean) / std`` with fitted, saved (non-trainable) buffers."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.float())
@@ -42,7 +45,8 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        logits: torch.Tensor = self.body(x)
+        return logits
 
 
 class CNN(nn.Module):
@@ -84,7 +88,8 @@ class CNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.normalize(x).unsqueeze(1)))
+        logits: torch.Tensor = self.head(self.features(self.normalize(x).unsqueeze(1)))
+        return logits
 
 
 class SequenceLSTM(nn.Module):
@@ -128,7 +133,8 @@ class SequenceLSTM(nn.Module):
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h_n, _) = self.lstm(packed)
         last = h_n[-self.directions :]  # the top layer, every direction: [dirs, B, H]
-        return self.head(torch.cat(list(last), dim=1))
+        logits: torch.Tensor = self.head(torch.cat(list(last), dim=1))
+        return logits
 
 
 class WithProbabilities(nn.Module):

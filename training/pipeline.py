@@ -1,4 +1,4 @@
-"""data → train → evaluate → export → parity check → publish, for one recipe."""
+"""data → train → export + parity check → evaluate the exported graph → publish, for one recipe."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from modelrepo import (
     MODEL_FILE,
@@ -24,6 +25,7 @@ from modelrepo import (
     ModelCard,
     Parity,
     Provenance,
+    ReferenceCase,
     TestMetrics,
     file_sha256,
     publish,
@@ -88,6 +90,28 @@ def load_dataset(recipe: Recipe, config: TrainConfig) -> data.Dataset:
     return dataset
 
 
+@dataclass
+class Splits:
+    """What one run trains and validates on: the training split minus a stratified validation
+    share, plus any ``extra`` labelled examples (feedback) on the training side."""
+
+    x_train: Samples
+    y_train: np.ndarray
+    x_val: Samples
+    y_val: np.ndarray
+    feedback: int | None  # feedback examples added; None when no feedback was asked for
+
+
+@dataclass
+class Exported:
+    """``model.onnx`` in the staging folder, checked against PyTorch, and loaded."""
+
+    session: ort.InferenceSession
+    sha256: str
+    parity: Parity
+    reference: list[ReferenceCase]  # the service's load-time self-check
+
+
 def build_candidate(
     recipe: Recipe,
     config: TrainConfig,
@@ -98,7 +122,30 @@ def build_candidate(
     check parity and evaluate the exported graph on the raw test split."""
     config.validate()
     seed_everything(config.seed, config.threads)
-    fingerprint = dataset.fingerprint()
+    splits = split_data(recipe, config, dataset, extra)
+    started = time.perf_counter()
+    net, history = fit(recipe, config, splits, len(dataset.labels))
+    staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
+    try:
+        exported = export_checked(recipe, net, splits, dataset, staging / MODEL_FILE)
+        metrics = evaluate_exported(exported, dataset)
+        stage_artifacts(staging, recipe.name, config, history, metrics, dataset.labels)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    wall_time = round(time.perf_counter() - started, 2)
+    card = card_maker(recipe, config, dataset, splits, net, history, exported, metrics, wall_time)
+    return Candidate(recipe, staging, metrics, history, card)
+
+
+def split_data(
+    recipe: Recipe,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    extra: tuple[Samples, np.ndarray] | None,
+) -> Splits:
+    """Carve the validation split out of the training split, add ``extra`` to the training
+    side, and say how many samples each part has."""
     train_idx, val_idx = data.split_validation(dataset.y_train, config.val_fraction, config.seed)
     x_train, y_train = data.take(dataset.x_train, train_idx), dataset.y_train[train_idx]
     x_val, y_val = data.take(dataset.x_train, val_idx), dataset.y_train[val_idx]
@@ -109,18 +156,33 @@ def build_candidate(
             else np.concatenate([x_train, np.asarray(extra[0], dtype=x_train.dtype)])
         )
         y_train = np.concatenate([y_train, extra[1]])
+    feedback = None if extra is None else len(extra[1])
     print(
         f"{recipe.name}: {dataset.name}, {len(y_train)} train"
-        f"{f' (incl. {len(extra[1])} feedback)' if extra is not None else ''} / "
+        f"{f' (incl. {feedback} feedback)' if feedback is not None else ''} / "
         f"{len(y_val)} validation / {len(dataset.y_test)} test samples"
         f"{' (quick)' if config.quick else ''}",
         flush=True,
     )
-    net = recipe.build(x_train, len(dataset.labels), config)
-    started = time.perf_counter()
-    history = train(net, x_train, y_train, x_val, y_val, config, recipe.augment)
+    return Splits(x_train, y_train, x_val, y_val, feedback)
 
-    # Parity runs on ≥ 256 samples: the test split, topped up from the training split if small.
+
+def fit(
+    recipe: Recipe, config: TrainConfig, splits: Splits, n_classes: int
+) -> tuple[nn.Module, History]:
+    """Build the recipe's network (normalization fitted on the training side) and train it."""
+    net = recipe.build(splits.x_train, n_classes, config)
+    history = train(
+        net, splits.x_train, splits.y_train, splits.x_val, splits.y_val, config, recipe.augment
+    )
+    return net, history
+
+
+def export_checked(
+    recipe: Recipe, net: nn.Module, splits: Splits, dataset: data.Dataset, path: Path
+) -> Exported:
+    """Export ``net`` to ``path`` and check onnxruntime against PyTorch on ≥ 256 samples: the
+    test split, topped up from the training split if small. Raises :class:`ParityError`."""
     parity_x = dataset.x_test
     if len(dataset.y_test) < PARITY_MIN_SAMPLES:
         top_up = PARITY_MIN_SAMPLES - len(dataset.y_test)
@@ -129,51 +191,82 @@ def build_candidate(
             if isinstance(parity_x, list)
             else np.concatenate([parity_x, dataset.x_train[:top_up]])
         )
-    staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
-    try:
-        model_path = staging / MODEL_FILE
-        example = collate(x_train, np.arange(min(2, len(y_train))))[0]
-        export.export(net, recipe.input, example, model_path)
-        session = export.session(model_path)
-        max_diff = export.parity(net, session, parity_x)
-        if not max_diff <= PARITY_TOLERANCE:
-            raise ParityError(
-                f"onnxruntime differs from PyTorch by {max_diff:.3g} (tolerance {PARITY_TOLERANCE})"
-            )
-        # The recorded figures come from the exported graph on raw test inputs: what is served.
-        metrics = evaluate.test_metrics(
-            export.run(session, dataset.x_test)["logits"], dataset.y_test, dataset.labels
+    example = collate(splits.x_train, np.arange(min(2, len(splits.y_train))))[0]
+    export.export(net, recipe.input, example, path)
+    session = export.session(path)
+    max_diff = export.parity(net, session, parity_x)
+    if not max_diff <= PARITY_TOLERANCE:
+        raise ParityError(
+            f"onnxruntime differs from PyTorch by {max_diff:.3g} (tolerance {PARITY_TOLERANCE})"
         )
-        plots.learning_curves(history, recipe.name, staging / "learning_curve.png")
-        plots.confusion(
-            metrics.confusion_matrix, dataset.labels, recipe.name, staging / "confusion_matrix.png"
-        )
-        (staging / "run.json").write_text(
-            json.dumps({"config": config.as_dict(), "history": history.__dict__}, indent=1) + "\n"
-        )
-        fields = {
-            "metrics": metrics,
-            "onnx_sha256": file_sha256(model_path),
-            "parity": Parity(
-                max_abs_diff=max_diff, n_samples=len(parity_x), tolerance=PARITY_TOLERANCE
-            ),
-            "reference": export.reference_cases(
-                session, recipe.input, _reference_groups(dataset.x_test)
-            ),
-        }
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    wall_time = round(time.perf_counter() - started, 2)
+    return Exported(
+        session=session,
+        sha256=file_sha256(path),
+        parity=Parity(max_abs_diff=max_diff, n_samples=len(parity_x), tolerance=PARITY_TOLERANCE),
+        reference=export.reference_cases(session, recipe.input, _reference_groups(dataset.x_test)),
+    )
+
+
+def evaluate_exported(exported: Exported, dataset: data.Dataset) -> TestMetrics:
+    """The recorded figures: the exported graph on the raw test inputs, i.e. what is served."""
+    logits = export.run(exported.session, dataset.x_test)["logits"]
+    return evaluate.test_metrics(logits, dataset.y_test, dataset.labels)
+
+
+def stage_artifacts(
+    staging: Path,
+    name: str,
+    config: TrainConfig,
+    history: History,
+    metrics: TestMetrics,
+    labels: list[str],
+) -> None:
+    """Next to ``model.onnx``: the learning curves, the confusion matrix and ``run.json``
+    (config + per-epoch history)."""
+    plots.learning_curves(history, name, staging / "learning_curve.png")
+    plots.confusion(metrics.confusion_matrix, labels, name, staging / "confusion_matrix.png")
+    (staging / "run.json").write_text(
+        json.dumps({"config": config.as_dict(), "history": history.__dict__}, indent=1) + "\n"
+    )
+
+
+def card_maker(
+    recipe: Recipe,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    splits: Splits,
+    net: nn.Module,
+    history: History,
+    exported: Exported,
+    metrics: TestMetrics,
+    wall_time: float,
+) -> Callable[[int], ModelCard]:
+    """``model.json`` for the version the candidate gets when it is published."""
+    dataset_info = DatasetInfo(
+        name=dataset.name,
+        source=dataset.source,
+        fingerprint=dataset.fingerprint(),
+        n_train=len(splits.y_train),
+        n_val=len(splits.y_val),
+        n_test=len(dataset.y_test),
+        split=dataset.split,
+    )
+    hyperparameters = {
+        **config.as_dict(),
+        "architecture": repr(net).replace("\n", ""),
+        "feedback_examples": splits.feedback or 0,
+    }
     baseline = (
-        evaluate.feature_baselines(x_train, dataset.feature_names) if dataset.feature_names else []
+        evaluate.feature_baselines(splits.x_train, dataset.feature_names)
+        if dataset.feature_names
+        else []
     )
 
     def card(version: int) -> ModelCard:
         return ModelCard(
             name=recipe.name,
             version=version,
-            kind=recipe.kind,  # type: ignore[arg-type]
+            kind=recipe.kind,
             task="classification",
             description=recipe.description,
             inputs=[recipe.input],
@@ -181,20 +274,8 @@ def build_candidate(
             labels=dataset.labels,
             feature_names=dataset.feature_names,
             provenance=Provenance(
-                dataset=DatasetInfo(
-                    name=dataset.name,
-                    source=dataset.source,
-                    fingerprint=fingerprint,
-                    n_train=len(y_train),
-                    n_val=len(y_val),
-                    n_test=len(dataset.y_test),
-                    split=dataset.split,
-                ),
-                hyperparameters={
-                    **config.as_dict(),
-                    "architecture": repr(net).replace("\n", ""),
-                    "feedback_examples": 0 if extra is None else len(extra[1]),
-                },
+                dataset=dataset_info,
+                hyperparameters=hyperparameters,
                 seed=config.seed,
                 epochs_run=history.epochs_run,
                 best_epoch=history.best_epoch,
@@ -207,10 +288,13 @@ def build_candidate(
                 trained_on=f"{platform.machine()} {torch.get_num_threads()} threads",
             ),
             baseline=baseline,
-            **fields,  # type: ignore[arg-type]
+            metrics=metrics,
+            onnx_sha256=exported.sha256,
+            parity=exported.parity,
+            reference=exported.reference,
         )
 
-    return Candidate(recipe, staging, metrics, history, card)
+    return card
 
 
 def publish_candidate(candidate: Candidate, repository: Path) -> Result:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ Samples = np.ndarray | list[np.ndarray]
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    kind: str  # ann | cnn | lstm
+    kind: Literal["ann", "cnn", "lstm"]
     description: str
     load: Callable[[], data.Dataset]
     defaults: TrainConfig

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def retrain(
     else:
         candidate.discard()
         version = champion_card.version
-    report = {
+    report: dict[str, Any] = {
         "model": recipe.name,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "decision": "published" if accept else "kept champion",
@@ -144,13 +145,12 @@ def retrain(
     return Decision(accept, version, path)
 
 
-def write_report(report: dict[str, object], folder: Path) -> Path:
+def write_report(report: dict[str, Any], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     base = folder / f"retrain-{report['model']}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     champion, challenger = report["champion"], report["challenger"]
-    assert isinstance(champion, dict) and isinstance(challenger, dict)
     base.with_suffix(".md").write_text(
         f"# Retraining {report['model']}: {report['decision']}\n\n"
         f"{report['time']} · held-out data: {report['held_out']} · tolerance "
@@ -160,8 +160,8 @@ def write_report(report: dict[str, object], folder: Path) -> Path:
         f"{champion['loss']:.4f} |\n"
         f"| challenger | {report['version'] if report['decision'] == 'published' else '-'} | "
         f"{challenger['accuracy']:.4f} | {challenger['loss']:.4f} |\n\n"
-        f"Feedback examples used: {report['feedback']['examples']}"  # type: ignore[index]
-        f" (skipped {report['feedback']['skipped']}).\n\n"  # type: ignore[index]
+        f"Feedback examples used: {report['feedback']['examples']}"
+        f" (skipped {report['feedback']['skipped']}).\n\n"
         f"**Decision: {report['decision']}** (version {report['version']}).\n"
     )
     return base.with_suffix(".json")

@@ -224,6 +224,7 @@ def router() -> APIRouter:
         api.add_api_route(
             route.path,
             route.endpoint(),
+            name=route.handler.__name__,
             methods=["POST"],
             tags=[route.tag],
             summary=route.summary,

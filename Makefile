@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 # pip finds the local CPU torch wheel through PIP_FIND_LINKS / pip.conf where the machine has one.
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test train check lint format bench system-packages clean help
+.PHONY: serve test test-fast train check lint format bench system-packages clean help
 
 help:
 	@echo "make serve   - serve models/ at http://127.0.0.1:8000 (serving dependencies only)"
 	@echo "make test    - install everything needed, then run the whole test suite"
+	@echo "make test-fast - the in-process tests only (no servers, no training): seconds"
 	@echo "make train   - train all three networks and publish new versions into models/"
 	@echo "make check   - ruff (lint + format check) and mypy"
 	@echo "make bench   - service vs raw onnxruntime on one core (wrk); results in bench/results/"
@@ -34,6 +35,9 @@ system-packages:
 
 test: $(VENV)/.dev system-packages
 	$(PY) -m pytest
+
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -m "not server and not slow"
 
 train: $(VENV)/.dev system-packages
 	$(PY) -m training all

@@ -1,23 +1,38 @@
+"""Test layout (a module's tests are found by its layer):
+
+    unit/<package>/   pure, in-process: modelrepo, service's parts, the prediction-log stores
+    api/              the whole service in-process over ASGI (TestClient), no server
+    server/           a real ``python -m service`` on 127.0.0.1 (marker ``server``)
+    deploy/           compose, Prometheus and Grafana files; promtool and a real Prometheus
+    training/         trains real networks (marker ``slow``)
+    support/          shared helpers
+
+``pytest -m "not server and not slow"`` (``make test-fast``) runs the fast part alone.
+Markers are applied here by folder, and ``server`` to any test that starts PostgreSQL.
+"""
+
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
-FASHION_DIR = Path(os.environ.get("NNSERVE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+from tests.support.paths import require_fashion_mnist
+
+HERE = Path(__file__).parent
+BY_FOLDER = {"server": "server", "deploy": "server", "training": "slow"}
 
 
-def require_fashion_mnist() -> None:
-    """Skip locally without Debian's dataset-fashion-mnist; in CI its absence is a failure."""
-    if (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        return
-    message = f"Fashion-MNIST not found under {FASHION_DIR}: apt-get install dataset-fashion-mnist"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.path)).relative_to(HERE).parts[0]
+        marker = BY_FOLDER.get(folder)
+        if marker is not None:
+            item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        uses = set(getattr(item, "fixturenames", ()))
+        if "postgres_server" in uses or (callspec is not None and "postgres" in callspec.id):
+            item.add_marker("server")
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from modelrepo import MODEL_FILE, file_sha256, read_card, scan
-from tests.conftest import MODELS, require_fashion_mnist
-from tests.onnx_helpers import predict_classes, reference_max_error, session
+from tests.support.onnx_helpers import predict_classes, reference_max_error, session
+from tests.support.paths import MODELS, require_fashion_mnist
 
 TARGETS = {"breast-cancer-ann": 0.96, "fashion-cnn": 0.915, "vowels-lstm": 0.96}
 

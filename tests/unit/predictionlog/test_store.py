@@ -27,8 +27,8 @@ from predictionlog import (
     UnknownPrediction,
     open_store,
 )
-from tests.conftest import ROOT
-from tests.postgres import PostgresServer, require_psycopg, running_postgres
+from tests.support.paths import ROOT
+from tests.support.postgres import PostgresServer, require_psycopg, running_postgres
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,10 +15,10 @@ import pytest
 
 from modelrepo import scan
 from predictionlog import open_store
-from tests.conftest import ROOT
-from tests.metrics_text import parse, value
-from tests.repo_tools import copy_models
-from tests.server import Server, running_server
+from tests.support.metrics_text import parse, value
+from tests.support.paths import ROOT
+from tests.support.repo_tools import copy_models
+from tests.support.server import Server, running_server
 
 MODEL = "breast-cancer-ann"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import samples
-from tests.metrics_text import parse, value
-from tests.repo_tools import copy_models, publish_copy, wrong_reference
-from tests.server import Server, running_server
+from tests.support import samples
+from tests.support.metrics_text import parse, value
+from tests.support.repo_tools import copy_models, publish_copy, wrong_reference
+from tests.support.server import Server, running_server
 
 ROW = {"instances": samples.rows(1).tolist()}
 ANN = "/v1/models/breast-cancer-ann:predict"

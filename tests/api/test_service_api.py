@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests import samples
-from tests.conftest import MODELS
-from tests.onnx_helpers import session
+from tests.support import samples
+from tests.support.onnx_helpers import session
+from tests.support.paths import MODELS
 
 V1 = "/v1/models/{}:predict"
 V2 = "/v2/models/{}/infer"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from modelrepo import read_card
-from tests.conftest import MODELS
+from tests.support.onnx_helpers import session
+from tests.support.paths import MODELS
 
 
 def rows(n: int = 3, seed: int = 0) -> np.ndarray:
@@ -23,3 +24,19 @@ def images(n: int = 2, seed: int = 0) -> np.ndarray:
 def sequences(lengths: tuple[int, ...] = (7, 15, 7), seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.normal(0, 1, size=(t, 12)).astype(np.float32) for t in lengths]
+
+
+INPUTS = {"breast-cancer-ann": "features", "fashion-cnn": "images", "vowels-lstm": "sequences"}
+
+
+def batch_for(name: str) -> np.ndarray:
+    if name == "breast-cancer-ann":
+        return rows(4)
+    if name == "fashion-cnn":
+        return images(3)
+    return np.stack(sequences((11, 11)))
+
+
+def direct(name: str, batch: np.ndarray) -> np.ndarray:
+    sess = session(MODELS / name / "1" / "model.onnx")
+    return sess.run(["probabilities"], {INPUTS[name]: batch})[0]

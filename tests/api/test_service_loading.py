@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import MODELS, ROOT
+from tests.support.paths import MODELS, ROOT
 
 
 def copy_repository(tmp_path: Path) -> Path:

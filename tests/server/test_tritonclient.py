@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import MODELS
-from tests.server import Server, running_server
-from tests.test_service_server import INPUTS, batch_for, direct
+from tests.support.paths import MODELS
+from tests.support.samples import INPUTS, batch_for, direct
+from tests.support.server import Server, running_server
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 
 from modelrepo import read_card
 from service.observability.quality import PSI_EPSILON, Drift, Quality
-from tests.conftest import MODELS
+from tests.support.paths import MODELS
 
 
 def naive_psi(card_baseline: list, rows: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]

@@ -2,7 +2,7 @@
 passes the alert unit tests; the compose file, Dockerfiles and Grafana provisioning agree with
 each other, with the repository and with the metrics the service documents.
 
-(No docker engine runs here: tests/test_deploy_e2e.py runs the dashboard's and the alerts'
+(No docker engine runs here: tests/deploy/test_deploy_e2e.py runs the dashboard's and the alerts'
 queries against a real Prometheus scraping a real nnserve.)
 """
 
@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.deploy import (
+from tests.support.deploy import (
     ALERTS,
     ALERTS_TEST,
     COMPOSE,
@@ -42,6 +41,7 @@ from tests.deploy import (
     require_tool,
     variable_queries,
 )
+from tests.support.paths import ROOT
 
 ALERT_NAMES = {
     "NnserveDown",

@@ -17,7 +17,6 @@ def fake_model(seconds_per_sample: float, slow_down: float) -> SimpleNamespace:
     model = SimpleNamespace(
         name="m",
         version=1,
-        metrics=None,
         probabilities_index=None,
         seconds_per_sample=seconds_per_sample,
         runs=[],

@@ -22,9 +22,8 @@ import pytest
 import yaml
 
 from modelrepo import CARD_FILE, MODEL_FILE, read_card
-from tests import samples
-from tests.conftest import MODELS
-from tests.deploy import (
+from tests.support import samples
+from tests.support.deploy import (
     ALERTS,
     PROMETHEUS_CONFIG,
     alert_rules,
@@ -34,7 +33,8 @@ from tests.deploy import (
     require_tool,
     variable_queries,
 )
-from tests.server import free_port, running_server, wait_until_up
+from tests.support.paths import MODELS
+from tests.support.server import free_port, running_server, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

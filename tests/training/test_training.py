@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from modelrepo import MODEL_FILE, file_sha256, read_card, scan
-from tests.conftest import ROOT
-from tests.onnx_helpers import reference_max_error, session
+from tests.support.onnx_helpers import reference_max_error, session
+from tests.support.paths import ROOT
 
 
 def train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

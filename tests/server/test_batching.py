@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests import samples
-from tests.conftest import MODELS
-from tests.metrics_text import parse, value
-from tests.onnx_helpers import session
-from tests.server import running_server
+from tests.support import samples
+from tests.support.metrics_text import parse, value
+from tests.support.onnx_helpers import session
+from tests.support.paths import MODELS
+from tests.support.server import running_server
 
 
 async def gather_posts(

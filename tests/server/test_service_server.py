@@ -12,32 +12,17 @@ import httpx
 import numpy as np
 import pytest
 
-from tests import samples
-from tests.conftest import MODELS
-from tests.metrics_text import parse, value
-from tests.onnx_helpers import session
-from tests.server import Server, running_server
-
-INPUTS = {"breast-cancer-ann": "features", "fashion-cnn": "images", "vowels-lstm": "sequences"}
+from tests.support import samples
+from tests.support.metrics_text import parse, value
+from tests.support.paths import MODELS
+from tests.support.samples import INPUTS, batch_for, direct
+from tests.support.server import Server, running_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(MODELS, tmp_path_factory.mktemp("server")) as s:
         yield s
-
-
-def batch_for(name: str) -> np.ndarray:
-    if name == "breast-cancer-ann":
-        return samples.rows(4)
-    if name == "fashion-cnn":
-        return samples.images(3)
-    return np.stack(samples.sequences((11, 11)))
-
-
-def direct(name: str, batch: np.ndarray) -> np.ndarray:
-    sess = session(MODELS / name / "1" / "model.onnx")
-    return sess.run(["probabilities"], {INPUTS[name]: batch})[0]
 
 
 def via_v1(url: str, name: str, batch: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelrepo import ModelCard, Tensor, read_card, scan
-from tests.conftest import MODELS
+from tests.support.paths import MODELS
 
 
 def committed_cards() -> list[ModelCard]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, PublishError, publish, read_card, scan
-from tests.conftest import MODELS
+from tests.support.paths import MODELS
 
 
 def sample_card(version: int = 1, name: str = "breast-cancer-ann") -> ModelCard:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelrepo import MODEL_FILE, ModelCard, publish, read_card
-from tests.conftest import MODELS
+from tests.support.paths import MODELS
 
 
 def copy_models(tmp_path: Path, *names: str) -> Path:

@@ -1,0 +1,1 @@
+"""Helpers the tests share: paths, sample inputs, real server processes, metric parsing."""

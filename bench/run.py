@@ -1,12 +1,13 @@
 """nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
 
-    python -m bench.run [--duration 5] [--models ...] [--quick]
+    python -m bench.run [--duration 5] [--models ...] [--quick] [--prediction-log both|on|off]
 
 1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
 2. the service's own JSON decode + encode, in-process (v1 and v2);
 3. the service (`python -m service`) pinned to core 0 with `taskset`, and wrk pinned to core 1,
    for single-sample requests at concurrency 1, 16, 64 through v1 JSON, v2 JSON and v2 binary,
-   and 32-sample requests at concurrency 16.
+   and 32-sample requests at concurrency 16; once with the prediction log off and once on
+   (sampling 1.0), so its cost (throughput, p99, bytes per prediction) comes from one run.
 
 Every service figure is printed beside its ratio to raw onnxruntime on the same core in the
 same run (samples/s ÷ raw samples/s at the same batch size). Results go to bench/results/ as
@@ -56,6 +57,7 @@ class Row:
     p99_ms: float
     errors: int
     ratio_to_raw: float | None = None
+    prediction_log: str = ""  # off / on (service rows)
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -260,9 +262,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1-second runs (smoke test)")
     parser.add_argument(
         "--prediction-log",
-        choices=["on", "off"],
-        default="on",
-        help="run the service with its prediction log on (the default) or off",
+        choices=["both", "on", "off"],
+        default="both",
+        help="run the service with its prediction log off, then on (default), or one of them",
     )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.duration
@@ -283,11 +285,32 @@ def main() -> None:
         rows += codec_cost(model, min(seconds, 2.0))
     os.sched_setaffinity(0, {0, 1})
 
+    modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
+    stored: dict[str, float] = {}
+    for mode in modes:
+        served, stored_now = serve(args.repository, models, raw, seconds, mode)
+        rows += served
+        stored.update(stored_now)
+    write_results(rows, stored)
+
+
+def serve(
+    repository: Path,
+    models: dict[str, ServedModel],
+    raw: dict[tuple[str, int], float],
+    seconds: float,
+    mode: str,
+) -> tuple[list[Row], dict[str, float]]:
+    """The service scenarios with the prediction log ``mode``; with it on, also the bytes the
+    log grew by per prediction logged, per model."""
+    rows: list[Row] = []
+    stored: dict[str, float] = {}
     port = 18000 + os.getpid() % 1000
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
-    server = start_server(args.repository, port, work / "server.log", args.prediction_log == "on")
+    server = start_server(repository, port, work / "server.log", mode == "on")
     try:
         for name, model in models.items():
+            before = log_figures(port) if mode == "on" else None
             cases = [(1, c) for c in (1, 16, 64)] + [(32, 16)]
             for batch, concurrency in cases:
                 for scenario, (body, ctype, hlen) in bodies(
@@ -314,13 +337,42 @@ def main() -> None:
                         result["p99_us"] / 1e3,
                         errors,
                         req_s * batch / raw[(name, batch)],
+                        mode,
                     )
                     rows.append(row)
-                    print(format_row(row), flush=True)
+                    print(f"log {mode:3s} {format_row(row)}", flush=True)
+            if before is not None:
+                after = log_figures(port)
+                grown = after["rows"] - before["rows"]
+                stored[name] = (after["bytes"] - before["bytes"]) / grown if grown else 0.0
+                dropped = after["dropped"] - before["dropped"]
+                print(
+                    f"log on  {name}: {stored[name]:,.0f} bytes per prediction, "
+                    f"{dropped:.0f} dropped"
+                )
     finally:
         server.terminate()
         server.wait(timeout=60)
-    write_results(rows, f"prediction log {args.prediction_log}")
+    return rows, stored
+
+
+def log_figures(port: int) -> dict[str, float]:
+    """The prediction log's rows, bytes and drops, once the writer has committed and measured
+    everything sent so far (it measures about once a second)."""
+    figures: dict[str, float] = {}
+    for _ in range(2):
+        time.sleep(1.5)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            for key, metric in (
+                ("rows", "nnserve_prediction_log_rows "),
+                ("bytes", "nnserve_prediction_log_bytes "),
+                ("dropped", "nnserve_prediction_log_dropped_total "),
+                ("written", "nnserve_prediction_log_written_total "),
+            ):
+                if line.startswith(metric):
+                    figures[key] = float(line.split()[-1])
+    return figures
 
 
 def format_row(r: Row) -> str:
@@ -332,7 +384,7 @@ def format_row(r: Row) -> str:
     )
 
 
-def write_results(rows: list[Row], note: str) -> None:
+def write_results(rows: list[Row], stored: dict[str, float]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     fields = list(asdict(rows[0]))
@@ -344,18 +396,20 @@ def write_results(rows: list[Row], note: str) -> None:
     lines = [
         f"# nnserve benchmark {stamp}",
         "",
-        "Service pinned to core 0 (`taskset`), wrk on core 1; raw onnxruntime and codec rows "
-        "in-process on core 0, one thread. `ratio` = service samples/s ÷ raw onnxruntime "
-        f"samples/s at the same batch size, same run; {note}.",
+        "Service pinned to core 0 (`taskset`; its prediction-log writer process too), wrk on "
+        "core 1; raw onnxruntime and codec rows in-process on core 0, one thread. `ratio` = "
+        "service samples/s ÷ raw onnxruntime samples/s at the same batch size, same run; "
+        "`log` = the service's prediction log off or on (sampling 1.0).",
         "",
-        "| model | scenario | batch | conc. | req/s | samples/s | p50 ms | p99 ms | errors | "
-        "ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *log_cost(rows, stored),
+        "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "
+        "errors | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "" if r.ratio_to_raw is None else f"{r.ratio_to_raw:.3f}"
         lines.append(
-            f"| {r.model} | {r.scenario} | {r.batch} | {r.concurrency} | "
+            f"| {r.model} | {r.scenario} | {r.prediction_log} | {r.batch} | {r.concurrency} | "
             f"{r.req_s:,.0f} | {r.samples_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
             f"{r.errors} | {ratio} |"
         )
@@ -364,6 +418,31 @@ def write_results(rows: list[Row], note: str) -> None:
     (RESULTS / "latest.md").write_text(text)
     print()
     print(text)
+
+
+def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
+    """What the prediction log costs, from the same run: throughput at concurrency 64 and p99
+    at concurrency 1, log on against log off, per model and protocol (single samples)."""
+    by = {(r.model, r.scenario, r.batch, r.concurrency, r.prediction_log): r for r in rows}
+    lines = [
+        "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
+        "",
+        "| model | scenario | c=64 req/s off | on | cost | p99 c=1 off ms | on ms | p99 ratio "
+        "| bytes per prediction |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, scenario, batch, concurrency, log), off in by.items():
+        on = by.get((model, scenario, batch, concurrency, "on"))
+        if (batch, concurrency, log) != (1, 64, "off") or on is None:
+            continue
+        off_1 = by[(model, scenario, 1, 1, "off")]
+        on_1 = by[(model, scenario, 1, 1, "on")]
+        lines.append(
+            f"| {model} | {scenario} | {off.req_s:,.0f} | {on.req_s:,.0f} | "
+            f"{1 - on.req_s / off.req_s:.1%} | {off_1.p99_ms:.3f} | {on_1.p99_ms:.3f} | "
+            f"{on_1.p99_ms / off_1.p99_ms:.2f} | {stored.get(model, 0):,.0f} |"
+        )
+    return [*lines, ""] if len(lines) > 4 else []
 
 
 if __name__ == "__main__":

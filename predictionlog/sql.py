@@ -6,6 +6,7 @@ them, so SQLite and PostgreSQL run the same SQL and cannot drift apart.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -16,10 +17,12 @@ from predictionlog.records import (
     Feedback,
     FeedbackConflict,
     Prediction,
+    Row,
     UnknownPrediction,
     from_row,
     to_row,
 )
+from predictionlog.retention import Usage
 
 _PREFIXED = ", ".join(f"p.{column.strip()}" for column in COLUMNS.split(","))
 
@@ -30,6 +33,9 @@ class SQLStore:
     placeholder = "?"
     #: A column giving insertion order, to break ties between equal times.
     order = "rowid"
+    #: Seconds between the log writer's measurements of this store (``usage``), as costly
+    #: as a count of the rows is here; in between it keeps its own figures.
+    measure_every = 1.0
 
     def _connection(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -47,11 +53,15 @@ class SQLStore:
         conn.executemany(self._sql(INSERT_PREDICTIONS), values)
 
     def write_predictions(self, rows: Sequence[Prediction]) -> None:
+        self.write_rows([to_row(row) for row in rows])  # encoded before taking the lock
+
+    def write_rows(self, rows: Sequence[Row]) -> None:
+        """Rows already in :data:`COLUMNS` order, in one transaction (ids already stored are
+        ignored)."""
         if not rows:
             return
-        values = [to_row(row) for row in rows]  # encode before taking the lock
         with self._transaction() as conn:
-            self._insert(conn, values)
+            self._insert(conn, list(rows))
 
     def get_prediction(self, id: str) -> Prediction | None:
         with self._connection() as conn:
@@ -105,6 +115,54 @@ class SQLStore:
                 ).fetchone()
         assert row is not None
         return int(row[0])
+
+    # -- retention -------------------------------------------------------------------------
+    def _live_bytes(self, conn: Any, rows: int) -> int:
+        raise NotImplementedError
+
+    def _count(self, conn: Any) -> int:
+        row = conn.execute("SELECT count(*) FROM predictions").fetchone()
+        return int(row[0])
+
+    def usage(self) -> Usage:
+        with self._connection() as conn:
+            rows = self._count(conn)
+            oldest = conn.execute(
+                f"SELECT time FROM predictions ORDER BY {self.order} LIMIT 1"
+            ).fetchone()
+            return Usage(rows, self._live_bytes(conn, rows), None if oldest is None else oldest[0])
+
+    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+        """Remove up to ``n`` oldest predictions (in insertion order; those before
+        ``older_than`` only, if set) with their feedback, in one transaction."""
+        if n <= 0:
+            return 0
+        with self._transaction() as conn:
+            oldest = conn.execute(
+                self._sql(
+                    f"SELECT {self.order}, time FROM predictions ORDER BY {self.order} LIMIT ?"
+                ),
+                (n,),
+            ).fetchall()
+            if older_than is not None:  # stop at the first newer one (a clock may step back)
+                oldest = list(itertools.takewhile(lambda row: row[1] < older_than, oldest))
+            if not oldest:
+                return 0
+            last = oldest[-1][0]
+            conn.execute(
+                self._sql(
+                    "DELETE FROM feedback WHERE id IN "
+                    f"(SELECT id FROM predictions WHERE {self.order} <= ?)"
+                ),
+                (last,),
+            )
+            removed = conn.execute(
+                self._sql(f"DELETE FROM predictions WHERE {self.order} <= ?"), (last,)
+            ).rowcount
+        return int(removed)
+
+    def reclaim(self) -> None:
+        """Give freed space back; engines that reuse it by themselves need nothing."""
 
     def __enter__(self) -> Self:
         return self

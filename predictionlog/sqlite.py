@@ -1,9 +1,14 @@
 """The embedded store: one SQLite file in WAL mode, shared by threads and processes.
 
-WAL lets readers (the retraining pipeline, a ``sqlite3`` shell) run while the service
+WAL lets readers (the retraining pipeline, a ``sqlite3`` shell) run while the log writer
 writes; ``synchronous=NORMAL`` keeps commits cheap (a power cut may lose the last few
 transactions, never corrupt the file). Writers in other processes wait on the file lock
 (busy timeout) instead of failing. Within a process one connection is shared under a lock.
+
+Space: ``auto_vacuum=INCREMENTAL``, so pages freed by retention go back to the file system
+with ``PRAGMA incremental_vacuum`` (a file made before that mode is converted once, by a
+VACUUM, when opened); the WAL is checkpointed every ``WAL_PAGES`` pages and truncated to
+``WAL_LIMIT`` bytes after a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ logger = logging.getLogger("nnserve.predictionlog")
 
 #: How long a statement waits for another process's write lock before it fails (seconds).
 BUSY_TIMEOUT = 30.0
+#: WAL pages between automatic checkpoints, and the size the WAL is truncated to after one.
+WAL_PAGES = 256
+WAL_LIMIT = 4 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -34,7 +42,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     output_shape TEXT NOT NULL,
     label TEXT
 );
-CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model, time);
+DROP INDEX IF EXISTS predictions_model_time;
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY REFERENCES predictions (id),
     label TEXT NOT NULL,
@@ -56,11 +64,14 @@ class SQLiteStore(SQLStore):
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
+            self._incremental_vacuum()  # before WAL mode: that writes the file's first page
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("SQLite prediction log %s is in %s mode, not WAL", self.path, mode)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             with self._transaction() as conn:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -71,6 +82,36 @@ class SQLiteStore(SQLStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    def _incremental_vacuum(self) -> None:
+        """Pages freed by retention can go back to the file system: set on a new file, and
+        converted (one VACUUM) on a file made without it."""
+        assert self._conn is not None
+        if self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        new = self._conn.execute("PRAGMA page_count").fetchone()[0] == 0
+        self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if not new:
+            logger.info("converting %s to incremental vacuum (one VACUUM)", self.path)
+            self._conn.execute("VACUUM")
+
+    def _count(self, conn: sqlite3.Connection) -> int:
+        """Rows, without a scan: rowids are dense here (rows are only ever appended, and
+        pruned from the oldest end), so the span of rowids is the count."""
+        low, high = conn.execute("SELECT min(rowid), max(rowid) FROM predictions").fetchone()
+        return 0 if low is None else int(high - low + 1)
+
+    def _live_bytes(self, conn: sqlite3.Connection, rows: int) -> int:
+        """The pages in use (the file is this plus free pages not yet reclaimed)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def reclaim(self) -> None:
+        with self._connection() as conn:
+            # a script steps the pragma to the end (one execute() frees a single page)
+            conn.executescript("PRAGMA incremental_vacuum;")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

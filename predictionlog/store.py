@@ -14,15 +14,36 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
 
-from predictionlog.records import Feedback, Prediction
+from predictionlog.records import Feedback, Prediction, Row
+from predictionlog.retention import Usage
 from predictionlog.sqlite import SQLiteStore
 
 
 class Store(Protocol):
     """A prediction log plus feedback store. Implementations are safe to share between threads."""
 
+    #: Seconds between measurements (``usage``) worth their cost.
+    measure_every: float
+
     def write_predictions(self, rows: Sequence[Prediction]) -> None:
         """Store ``rows`` in one transaction; an id already stored is ignored (idempotent)."""
+        ...
+
+    def write_rows(self, rows: Sequence[Row]) -> None:
+        """Rows already encoded (``records.COLUMNS`` order), in one transaction."""
+        ...
+
+    def usage(self) -> Usage:
+        """Rows, bytes (what the retention bound counts) and the oldest prediction's time."""
+        ...
+
+    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+        """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
+        with their feedback; the number removed."""
+        ...
+
+    def reclaim(self) -> None:
+        """Give space freed by pruning back (SQLite: incremental vacuum)."""
         ...
 
     def get_prediction(self, id: str) -> Prediction | None:

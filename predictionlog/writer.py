@@ -1,212 +1,398 @@
-"""The service side of the log: a bounded queue and ONE background writer thread.
+"""The log writer process: ``python -m predictionlog --socket PATH --store URL ...``.
 
-:meth:`PredictionLog.record` runs on the request path (the event loop): it samples, then
-puts rows on a bounded queue without ever waiting. One daemon thread takes up to
-``batch_size`` rows at a time and commits them in one transaction, so disk or network
-latency never reaches a request. When the queue is full, rows are dropped, counted and
-reported through ``on_drop`` — a slow store costs log rows, never request latency, and the
-loss is always visible. Every row recorded ends up either committed (``written``) or
-dropped (``dropped``).
+ONE process owns the prediction log's writes for every service process (worker) of a
+machine: each connects to its Unix socket and sends batch messages (``wire``), which cost the
+request path one ``send``; this process decodes them, commits them to the store in one
+transaction per ``linger`` window (20 ms) or 128 rows, updates input drift, and enforces the
+retention bounds between commits, in short bursts at a lower priority, so that on a shared
+core requests never wait long for it. One writer also means one SQLite writer: no lock
+contention between workers. It answers ``flush`` (everything received so far, from every
+connection, is committed) and ``stats`` (its figures, for the service's ``/metrics``).
+
+It stops on SIGTERM or SIGINT, and when the process that started it is gone: either way it
+first reads what is left on every connection and commits it. Killed with SIGKILL, it loses
+the rows received in its last ``linger`` window (at most 20 ms, or 128 rows) and those still
+in socket buffers; SQLite's WAL and PostgreSQL's transactions keep the store itself intact.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import logging
-import queue
-import random
-import threading
+import os
+import selectors
+import signal
+import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Final
+from pathlib import Path
+from typing import Any
 
-from predictionlog.records import Prediction
-from predictionlog.store import Store
+import numpy as np
+import orjson
 
-logger = logging.getLogger("nnserve.predictionlog")
+from modelrepo import read_card
+from predictionlog.drift import Drift
+from predictionlog.records import Row
+from predictionlog.retention import Retention, Usage
+from predictionlog.store import Store, open_store
+from predictionlog.wire import BATCH, CONTROL, DATA, FLUSH, MAX_MESSAGE, STATS, Batch, decode
 
-#: At most one "queue full" warning per this many seconds (the counter counts every row).
-_DROP_WARNING_INTERVAL = 10.0
+log = logging.getLogger("nnserve.predictionlog.writer")
+#: Messages read between two offers of the CPU to other processes.
+BURST = 16
+#: Seconds between drift updates (each is vectorized over the rows committed since).
+DRIFT_EVERY = 0.5
 
 
-class _Stop:
-    """The sentinel that tells the writer thread to finish."""
-
-
-_STOP: Final = _Stop()
-
-
-class PredictionLog:
-    """Writes predictions to a store off the request path; see the module docstring.
-
-    ``written`` counts rows committed; ``dropped`` counts rows lost to a full queue, to a
-    store error or to a record() after close().
-    """
-
+class Writer:
     def __init__(
         self,
         store: Store,
+        listener: socket.socket,
         *,
-        max_queue: int = 10_000,
-        sample: float = 1.0,
-        batch_size: int = 256,
-        linger: float = 0.05,
-        on_drop: Callable[[int], None] | None = None,
-        on_written: Callable[[Sequence[Prediction]], None] | None = None,
-        seed: int | None = None,
+        repository: Path | None = None,
+        retention: Retention | None = None,
+        linger: float = 0.02,
+        poll: float = 0.01,
+        batch_rows: int = 128,
+        drift_window: int = 2000,
+        prune_interval: float = 1.0,
+        parent: int | None = None,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, not {max_queue}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        if not 0.0 <= sample <= 1.0:
-            raise ValueError(f"sample must be a probability in [0, 1], not {sample}")
         self.store = store
-        self.sample = sample
-        self.batch_size = batch_size
-        #: After the first row of a batch arrives, the writer waits this long for more: one
-        #: wake-up and one transaction per batch instead of per prediction, which keeps the
-        #: writer from competing with the request path for the CPU (and the GIL).
+        self.listener = listener
+        self.repository = repository
+        self.retention = retention
         self.linger = linger
-        self.written = 0
-        self.dropped = 0
-        self._on_drop = on_drop
-        self._on_written = on_written
-        self._random = random.Random(seed)
-        self._queue: queue.Queue[Prediction | _Stop] = queue.Queue(maxsize=max_queue)
-        # Guards the counters; the writer notifies it after each batch so flush() can wait.
-        self._progress = threading.Condition()
-        self._queued = 0  # rows put on the queue so far
-        self._done = 0  # of those, rows the writer has finished with (written or dropped)
-        self._closing = False
-        self._last_drop_warning = -_DROP_WARNING_INTERVAL
-        self._thread = threading.Thread(target=self._run, name="nnserve-predictionlog", daemon=True)
-        self._thread.start()
+        self.poll = poll
+        self.batch_rows = batch_rows
+        self.drift_window = drift_window
+        self.prune_interval = prune_interval
+        self.parent = parent
+        self.selector = selectors.DefaultSelector()
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.connections: set[socket.socket] = set()
+        self.data: set[socket.socket] = set()  # of those, the ones that send batches
+        self.pending: list[Row] = []
+        #: inputs of the rows pending, and of those committed since the last drift update
+        self.pending_inputs: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.committed_inputs: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.pending_since = 0.0
+        self.drift: dict[tuple[str, int], Drift | None] = {}
+        self.written = self.dropped = self.pruned = self.malformed = 0
+        self.received = 0  # batch messages
+        self.next_drift = 0.0
+        #: The store's figures: measured every ``prune_interval``, kept up to date in between
+        #: from what is committed and pruned (measuring can take a while on a large log).
+        self.usage = Usage(0, 0, None)
+        self.next_measure = 0.0
+        self.stopping = False
+        # a signal wakes the loop at once (its handler only sets ``stopping``)
+        self._wake_read, self._wake_write = socket.socketpair()
+        for end in (self._wake_read, self._wake_write):
+            end.setblocking(False)
+        self.selector.register(self._wake_read, selectors.EVENT_READ)
 
-    def record(self, rows: Sequence[Prediction]) -> None:
-        """Queue ``rows`` for writing (those the sample keeps); never blocks, never raises
-        for a full queue: what does not fit is dropped and counted."""
-        if self.sample < 1.0:
-            rows = [row for row in rows if self._random.random() < self.sample]
-        if not rows:
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Data connections are read every ``poll`` seconds, not when readable: a service
+        that sends never wakes this process (a context switch per request would cost more
+        than the send), the socket buffers what arrives meanwhile. Control connections, new
+        connections and signals wake it at once."""
+        more = False
+        while not self.stopping:
+            for key, _ in self.selector.select(0 if more else self.poll):
+                if key.fileobj is self.listener:
+                    self._accept()
+                elif key.fileobj is self._wake_read:
+                    self._wake_read.recv(512)
+                else:
+                    self._read(key.fileobj)  # type: ignore[arg-type]
+            more = self._read_data(limit=64)
+            now = time.monotonic()
+            if self.pending and (
+                now >= self.pending_since + self.linger or len(self.pending) >= self.batch_rows
+            ):
+                self._commit()
+                self._prune()
+            if now >= self.next_measure:
+                self._measure()
+                self._prune()
+                self.next_measure = now + max(self.prune_interval, self.store.measure_every)
+            if self.parent is not None and os.getppid() != self.parent:
+                log.warning("the service that started the log writer is gone; stopping")
+                self.stopping = True
+        self._drain_all()
+        self._commit()
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def _accept(self) -> None:
+        """A new connection says first what it is (``wire.DATA`` or ``wire.CONTROL``); until
+        then it is watched like a control connection."""
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
             return
-        lost = 0
-        with self._progress:
-            if self._closing:
-                lost, reason = len(rows), "the prediction log is closed"
-            else:
-                reason = "the prediction log queue is full"
-                for row in rows:
-                    try:
-                        self._queue.put_nowait(row)
-                    except queue.Full:
-                        lost += 1
-                    else:
-                        self._queued += 1
-            self.dropped += lost
-        if lost:
-            self._report_drop(lost, reason)
+        conn.setblocking(False)
+        self.connections.add(conn)
+        self.selector.register(conn, selectors.EVENT_READ)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every row recorded so far is committed (and on_written has seen it) or
-        dropped by a store error. True if that happened within ``timeout`` seconds."""
-        with self._progress:
-            target = self._queued
-            return self._progress.wait_for(lambda: self._done >= target, timeout=timeout)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write everything still queued, stop the thread and close the store. Idempotent.
-
-        If the writer cannot finish within ``timeout`` (a store that hangs), the rows still
-        queued are abandoned and the store is left open, since the writer may still be
-        inside it; both are logged.
-        """
-        with self._progress:
-            if self._closing:
+    def _read(self, conn: socket.socket, limit: int = 256) -> None:
+        """Up to ``limit`` messages from one connection (no connection starves the others)."""
+        for _ in range(limit):
+            try:
+                message = conn.recv(MAX_MESSAGE)
+            except BlockingIOError:
                 return
-            self._closing = True  # from now on record() drops instead of queueing
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(queue.Full):  # a hung writer: reported just below
-            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            with self._progress:
-                pending = self._queued - self._done
-            logger.error(
-                "prediction log writer did not finish within %.1fs; %d rows not written",
-                timeout,
-                pending,
-            )
+            except OSError:
+                message = b""
+            if not message:
+                self._close(conn)
+                return
+            kind = message[:1]
+            if kind == BATCH:
+                self._add(message)
+            elif kind == DATA:  # from now on polled, not watched
+                self.selector.unregister(conn)
+                self.data.add(conn)
+            elif kind == CONTROL:
+                pass
+            elif kind == FLUSH:
+                self._drain_all()
+                self._commit()
+                self._drift_now()
+                self._answer(conn, {"written": self.written, "dropped": self.dropped})
+            elif kind == STATS:
+                self._answer(conn, self.stats())
+            else:
+                self.malformed += 1
+
+    def _read_data(self, limit: int) -> bool:
+        """Up to ``limit`` messages from each data connection, in short bursts: between
+        them the CPU goes to whoever waits for it (on a shared core, the service's requests
+        should not wait for this process). True if a connection may have more."""
+        more = False
+        for conn in list(self.data):
+            while conn in self.data:
+                before = self.received
+                self._read(conn, limit=BURST)
+                os.sched_yield()
+                got = self.received - before
+                limit -= got
+                if got < BURST:
+                    break
+                if limit <= 0:
+                    more = True
+                    break
+        return more
+
+    def _drain_all(self) -> None:
+        """Everything waiting on every data connection (flush, stop)."""
+        while self._read_data(limit=1024):
+            pass
+
+    def _close(self, conn: socket.socket) -> None:
+        self.connections.discard(conn)
+        if conn in self.data:
+            self.data.discard(conn)
+        else:
+            self.selector.unregister(conn)
+        conn.close()
+
+    def _answer(self, conn: socket.socket, body: dict[str, Any]) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            conn.send(orjson.dumps(body))
+        except OSError:
+            self._close(conn)
+        else:
+            conn.setblocking(False)
+
+    # -- rows --------------------------------------------------------------------------------
+    def _add(self, message: bytes) -> None:
+        try:
+            batch = decode(message)
+        except ValueError as exc:
+            self.malformed += 1
+            log.error("ignoring a malformed batch message: %s", exc)
+            return
+        self.received += 1
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.extend(batch.rows())
+        self._observe(batch)
+
+    def _observe(self, batch: Batch) -> None:
+        self.pending_inputs.setdefault((batch.model, batch.version), []).append(batch.inputs)
+
+    def _update_drift(self) -> None:
+        """Drift over the rows committed since the last update, vectorized per version."""
+        for key, inputs in self.committed_inputs.items():
+            if key not in self.drift:
+                self.drift[key] = self._drift_for(*key)
+            tracker = self.drift[key]
+            if tracker is not None:
+                width = len(tracker.names)
+                tracker.add(np.concatenate([x.reshape(-1, width) for x in inputs]))
+        self.committed_inputs = {}
+
+    def _drift_for(self, model: str, version: int) -> Drift | None:
+        if self.repository is None:
+            return None
+        try:
+            card = read_card(self.repository / model / str(version))
+        except (OSError, ValueError) as exc:
+            log.warning("no drift baseline for %s/%d: %s", model, version, exc)
+            return None
+        return Drift(card, self.drift_window) if Drift.applies(card) else None
+
+    def _commit(self) -> None:
+        if not self.pending:
+            return
+        rows, self.pending = self.pending, []
+        try:
+            self.store.write_rows(rows)
+        except Exception as exc:
+            self.dropped += len(rows)
+            self.pending_inputs = {}  # rows not written do not count for drift either
+            log.error("writing %d predictions to the log failed; dropped: %s", len(rows), exc)
+            return
+        os.sched_yield()
+        for key, inputs in self.pending_inputs.items():
+            self.committed_inputs.setdefault(key, []).extend(inputs)
+        self.pending_inputs = {}
+        self.written += len(rows)
+        # until a measurement says better: a row's blobs and id, plus what a row costs besides
+        self._grew(len(rows), sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows))
+        if time.monotonic() >= self.next_drift:  # vectorized over many commits' rows
+            self._drift_now()
+
+    def _drift_now(self) -> None:
+        self.next_drift = time.monotonic() + DRIFT_EVERY
+        try:
+            self._update_drift()
+        except Exception as exc:  # a malformed baseline must not stop the log
+            self.committed_inputs = {}
+            log.error("updating input drift failed: %s", exc)
+        os.sched_yield()
+
+    def _prune(self) -> None:
+        """Retention steps until every bound holds, or until new work waits (it comes first;
+        the next commit prunes again)."""
+        if self.retention is None:
             return
         try:
-            self.store.close()
-        except Exception:
-            logger.exception("closing the prediction log store failed")
-
-    def __enter__(self) -> PredictionLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- the writer thread -------------------------------------------------------------
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if isinstance(first, _Stop):
-                break
-            if self.linger > 0 and self._queue.qsize() < self.batch_size:
-                time.sleep(self.linger)
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+            while (removed := self.retention.step(self.store, self.usage)) > 0:
+                self.pruned += removed
+                self._grew(-removed)
+                if self.pending or self.selector.select(0):
                     break
-                if isinstance(item, _Stop):
-                    stop = True
-                    break
-                batch.append(item)
-            self._write(batch)
+        except Exception as exc:
+            log.error("pruning the prediction log failed: %s", exc)
 
-    def _write(self, batch: list[Prediction]) -> None:
+    def _grew(self, rows: int, estimate: int = 0) -> None:
+        """Keep the figures current between measurements: bytes at the measured mean per
+        row, or ``estimate`` before there is one."""
+        usage = self.usage
+        grown = rows * usage.bytes / usage.rows if usage.rows else estimate
+        total = max(0, usage.rows + rows)
+        self.usage = Usage(total, max(0, int(usage.bytes + grown)) if total else 0, usage.oldest)
+
+    def _measure(self) -> None:
         try:
-            self.store.write_predictions(batch)
-        except Exception:
-            logger.exception("writing %d predictions to the log failed; dropped", len(batch))
-            with self._progress:
-                self.dropped += len(batch)
-                self._done += len(batch)
-                self._progress.notify_all()
-            self._report_drop(len(batch), None)
-            return
-        # on_written runs before the rows count as done, so after flush() it has seen them.
-        if self._on_written is not None:
-            try:
-                self._on_written(batch)
-            except Exception:
-                logger.exception("the prediction log's on_written callback failed")
-        with self._progress:
-            self.written += len(batch)
-            self._done += len(batch)
-            self._progress.notify_all()
+            self.usage = self.store.usage()
+        except Exception as exc:
+            log.error("measuring the prediction log failed: %s", exc)
 
-    def _report_drop(self, count: int, reason: str | None) -> None:
-        """Tell on_drop; warn (rate-limited) when the reason is not logged already."""
-        if self._on_drop is not None:
-            try:
-                self._on_drop(count)
-            except Exception:
-                logger.exception("the prediction log's on_drop callback failed")
-        now = time.monotonic()
-        if reason is not None and now - self._last_drop_warning >= _DROP_WARNING_INTERVAL:
-            self._last_drop_warning = now
-            logger.warning("%s: dropped %d predictions (%d in total)", reason, count, self.dropped)
+    def stats(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "written": self.written,
+            "dropped": self.dropped,
+            "pruned": self.pruned,
+            "malformed": self.malformed,
+            "rows": self.usage.rows,
+            "bytes": self.usage.bytes,
+            "oldest": self.usage.oldest,
+            "retention": self.retention.describe() if self.retention else "no bound",
+            "drift": [
+                [model, version, feature, psi]
+                for (model, version), tracker in self.drift.items()
+                if tracker is not None
+                for feature, psi in tracker.psi()
+            ],
+        }
+
+
+def listen(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    listener.listen(64)
+    return listener
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m predictionlog", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    parser.add_argument(
+        "--store", required=True, help="sqlite:///path.db, a path, or postgresql://..."
+    )
+    parser.add_argument("--repository", type=Path, help="model repository (drift baselines)")
+    parser.add_argument("--max-age", type=float, help="seconds a prediction is kept")
+    parser.add_argument("--max-rows", type=int, help="predictions kept at most")
+    parser.add_argument("--max-bytes", type=int, help="bytes the log may use")
+    parser.add_argument("--linger", type=float, default=0.02, help="seconds between commits")
+    parser.add_argument("--drift-window", type=int, default=2000)
+    parser.add_argument("--parent", type=int, help="stop when this process is gone")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="scheduling niceness added (default 10): on a busy core the service's requests "
+        "go first; the writer still gets about a tenth of the core, several times its need",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    if args.nice:
+        os.nice(args.nice)
+    try:
+        store = open_store(args.store)
+    except Exception as exc:
+        print(
+            f"error: cannot open the prediction log {args.store.split('@')[-1]}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    writer = Writer(
+        store,
+        listen(args.socket),
+        repository=args.repository,
+        retention=Retention(args.max_age, args.max_rows, args.max_bytes),
+        linger=args.linger,
+        drift_window=args.drift_window,
+        parent=args.parent,
+    )
+    signal.set_wakeup_fd(writer._wake_write.fileno())
+    signal.signal(signal.SIGTERM, writer.stop)
+    signal.signal(signal.SIGINT, writer.stop)
+    try:
+        writer.run()
+    finally:
+        store.close()
+        args.socket.unlink(missing_ok=True)
+        log.info(
+            "stopped: %d written, %d dropped, %d pruned",
+            writer.written,
+            writer.dropped,
+            writer.pruned,
+        )
+    return 0

@@ -14,10 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from predictionlog import PredictionLog, open_store
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, PredictionRecorder
 from service.http.app import ServiceApp, build
 from service.http.state import EdgeState
+from service.journal import Journal
 from service.observability.metrics import Metrics
 from service.observability.quality import Quality
 from service.repository.registry import Registry
@@ -33,18 +33,14 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
-        quality = Quality(settings.accuracy_window, settings.drift_window)
+        quality = Quality(settings.accuracy_window)
         metrics.collected.quality = quality
-        store, prediction_log = None, None
-        if settings.prediction_log:
-            store = await asyncio.to_thread(open_store, settings.prediction_log_store())
-            prediction_log = PredictionLog(
-                store,
-                max_queue=settings.prediction_log_queue,
-                sample=settings.prediction_log_sample,
-                on_written=quality.observed,
-            )
-            metrics.collected.log = prediction_log
+        journal = (
+            await asyncio.to_thread(Journal.open, settings) if settings.prediction_log else None
+        )
+        if journal is not None:
+            metrics.collected.log = journal.log
+            metrics.collected.limits = journal.limits()
         registry = Registry(
             settings.model_repository,
             metrics,
@@ -55,29 +51,31 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             drain_timeout_s=settings.drain_timeout,
             on_load=quality.track,
             on_unload=quality.forget,
+            on_run=PredictionRecorder(journal.log) if journal is not None else None,
         )
         await registry.sync()
         gc.freeze()  # what startup built lives as long as the process: keep it out of GC passes
-        poller = (
-            asyncio.create_task(registry.poll(settings.poll_interval))
-            if settings.poll_interval > 0
-            else None
+        tasks = []
+        if settings.poll_interval > 0:
+            tasks.append(asyncio.create_task(registry.poll(settings.poll_interval)))
+        if journal is not None:
+            tasks.append(asyncio.create_task(journal.supervise()))
+        plane = DataPlane(
+            registry,
+            quality,
+            journal.log if journal else None,
+            journal.store if journal else None,
+            settings.retention().describe() if journal else "",
         )
-        plane = DataPlane(registry, quality, prediction_log, store)
         try:
             yield {"nnserve": EdgeState(settings, metrics, plane)}
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
             await registry.close()
             executor.shutdown(wait=True)
-            if prediction_log is not None:  # everything accepted is written before exit
-                await asyncio.to_thread(prediction_log.close)
-                log.info(
-                    "prediction log closed: %d written, %d dropped",
-                    prediction_log.written,
-                    prediction_log.dropped,
-                )
+            if journal is not None:  # everything accepted is written before exit
+                await asyncio.to_thread(journal.close)
             log.info("stopped")
 
     return build(metrics, lifespan)

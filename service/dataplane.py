@@ -10,19 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 
 from modelrepo import is_valid_name
-from predictionlog import Feedback, FeedbackConflict, Prediction, PredictionLog, Store
+from predictionlog import Batch, Feedback, FeedbackConflict, PredictionLog, Store
 from predictionlog import UnknownPrediction as NotInStore
 from service.context import RequestContext
 from service.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady, UnknownPrediction
 from service.observability.quality import Quality
 from service.repository.registry import Registry, ServedVersion, VersionState
+from service.runtime.batcher import Result
 from service.runtime.model import ServedModel
+
+
+@dataclass(frozen=True)
+class PredictionRecorder:
+    """The batchers' run hook: each onnxruntime run's predictions go to the log writer as
+    one message (one ``send``; never blocks), before any of its requests is answered."""
+
+    log: PredictionLog
+
+    def __call__(
+        self, model: ServedModel, inputs: np.ndarray, outputs: list[np.ndarray], ids: list[str]
+    ) -> bool:
+        if not self.log.sampled():
+            return False
+        index = model.probabilities_index
+        scores = outputs[index if index is not None else -1]
+        labels = model.card.labels
+        names: list[str | None] = (
+            [labels[i] for i in scores.argmax(axis=1).tolist()] if labels else [None] * len(ids)
+        )
+        return self.log.record(
+            Batch(model.name, model.version, time.time(), ids, inputs, scores, names)
+        )
 
 
 @dataclass
@@ -31,16 +54,18 @@ class DataPlane:
     quality: Quality
     log: PredictionLog | None = None
     store: Store | None = None
+    #: The prediction log's retention bounds, in words (for "unknown prediction" answers).
+    retention: str = ""
 
     # -- look-ups ----------------------------------------------------------------------------
     def model(self, name: str, version: str | None = None) -> ServedModel:
         """The served model asked for (newest version when none is named)."""
         return self.registry.get(name, version).model
 
-    def lease(self, name: str, version: str | None = None) -> AbstractContextManager[ServedVersion]:
+    def lease(self, name: str, version: str | None = None) -> ServedVersion:
         """``with plane.lease(name, version) as served:`` the version a request works on; a
         swap meanwhile lets it finish there (the lease ends with the block)."""
-        return self.registry.lease(name, version)
+        return self.registry.get(name, version)
 
     def versions(self, name: str) -> list[int]:
         return sorted(self.registry.served.get(name, {}))
@@ -58,40 +83,10 @@ class DataPlane:
     # -- inference ---------------------------------------------------------------------------
     async def infer(
         self, ctx: RequestContext, served: ServedVersion, batch: np.ndarray, ids: list[str]
-    ) -> list[np.ndarray]:
+    ) -> Result:
         """Every output for ``batch`` (one row per id), run in some batch before the request's
-        deadline; the predictions are queued for the prediction log under ``ids``."""
-        outputs = await served.batcher.submit(batch, ctx.deadline)
-        self._log(served.model, batch, outputs, ids)
-        return outputs
-
-    def _log(
-        self, model: ServedModel, inputs: np.ndarray, outputs: list[np.ndarray], ids: list[str]
-    ) -> None:
-        """Queue one prediction-log row per instance (never blocks; see PredictionLog)."""
-        if self.log is None or self.log.sample == 0:
-            return
-        now = time.time()
-        labels = model.card.labels
-        index = model.probabilities_index
-        scores = outputs[index if index is not None else -1]
-        names: list[str | None] = (
-            [labels[i] for i in scores.argmax(axis=1).tolist()] if labels else [None] * len(ids)
-        )
-        self.log.record(
-            [
-                Prediction(
-                    id=pid,
-                    time=now,
-                    model=model.name,
-                    version=model.version,
-                    inputs=inputs[i],
-                    outputs=scores[i],
-                    label=names[i],
-                )
-                for i, pid in enumerate(ids)
-            ]
-        )
+        deadline, and whether the predictions went to the prediction log under ``ids``."""
+        return await served.batcher.submit(batch, ctx.deadline, ids)
 
     # -- feedback ----------------------------------------------------------------------------
     async def feedback(self, model: str, pairs: list[tuple[str, str]]) -> dict[str, int]:
@@ -114,8 +109,9 @@ class DataPlane:
             prediction = store.get_prediction(prediction_id)
             if prediction is None:
                 raise UnknownPrediction(
-                    f"feedback {number}: unknown prediction id {prediction_id!r} "
-                    "(not logged, or not sampled)"
+                    f"feedback {number}: unknown prediction id {prediction_id!r}: not logged "
+                    f"(sampled out, or its response said so), or already removed by the "
+                    f"log's retention ({self._retention_state(log)})"
                 )
             if prediction.model != model:
                 raise InvalidInput(
@@ -145,6 +141,16 @@ class DataPlane:
             else:
                 duplicates += 1
         return {"recorded": recorded, "duplicates": duplicates}
+
+    def _retention_state(self, log: PredictionLog) -> str:
+        figures = log.stats(timeout=1.0) or {}
+        oldest = figures.get("oldest")
+        kept = (
+            f"; the oldest kept is from {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}"
+            if oldest is not None
+            else ""
+        )
+        return f"it keeps {self.retention or 'everything'}{kept}"
 
     # -- the repository ----------------------------------------------------------------------
     async def index(self) -> list[VersionState]:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from predictionlog import Retention
 from service.repository.policy import ModelPolicy, VersionPolicy, check_policy
 from service.runtime.batcher import BatchConfig
 
@@ -53,8 +54,15 @@ class Settings(BaseSettings):
     prediction_log_sample: float = Field(default=1.0, ge=0, le=1)
     #: Store URL: unset = SQLite (WAL) at <data_dir>/predictions.db; or postgresql://...
     prediction_log_url: str | None = None
-    #: Predictions waiting for the log writer; beyond it they are dropped and counted.
+    #: Predictions waiting for the log writer process when it falls behind; beyond it they
+    #: are dropped and counted (never a request).
     prediction_log_queue: int = Field(default=10_000, ge=1)
+    #: Retention: predictions older than this many seconds are removed (0 = no age bound).
+    prediction_log_max_age: float = Field(default=7 * 24 * 3600, ge=0)
+    #: Retention: the most predictions kept (0 = no row bound).
+    prediction_log_max_rows: int = Field(default=0, ge=0)
+    #: Retention: the most bytes the log may use (0 = no byte bound); 1 GB by default.
+    prediction_log_max_bytes: int = Field(default=1_000_000_000, ge=0)
     #: Feedback labels per model version in the live-accuracy window.
     accuracy_window: int = Field(default=500, ge=1)
     #: Recent inputs (rows / time steps) per model version compared with the training split.
@@ -68,6 +76,13 @@ class Settings(BaseSettings):
     def prediction_log_store(self) -> str:
         return (
             self.prediction_log_url or f"sqlite:///{(self.data_dir / 'predictions.db').resolve()}"
+        )
+
+    def retention(self) -> Retention:
+        return Retention(
+            max_age_s=self.prediction_log_max_age or None,
+            max_rows=self.prediction_log_max_rows or None,
+            max_bytes=self.prediction_log_max_bytes or None,
         )
 
     def model_policy(self) -> ModelPolicy:

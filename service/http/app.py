@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -83,7 +84,9 @@ def build(metrics: Metrics, lifespan: Lifespan) -> ServiceApp:
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics (text format)")
     async def prometheus(request: Request) -> Response:
-        return Response(state(request).metrics.render(), media_type=CONTENT_TYPE)
+        # a thread: the collector asks the log writer for its figures (bounded wait)
+        body = await asyncio.to_thread(state(request).metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
 
     @app.exception_handler(NNServeError)
     async def domain_error(request: Request, exc: NNServeError) -> Response:

@@ -18,16 +18,22 @@ _NOT_POST = Reply.error(MethodNotAllowed("Method Not Allowed: use POST"))
 class FastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        #: (path prefix, compiled path, handler): the prefix skips the regex for most paths
-        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            (route.path.split("{", 1)[0], compile_path(route.path)[0], route.handler)
+        #: (path prefix, compiled path, handler, has a version): the prefix skips the regex
+        #: for most paths
+        self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
+            (
+                route.path.split("{", 1)[0],
+                compile_path(route.path)[0],
+                route.handler,
+                "{model_version}" in route.path,
+            )
             for route in ROUTES
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            for prefix, pattern, handler in self.routes:
+            for prefix, pattern, handler, versioned in self.routes:
                 if not path.startswith(prefix):
                     continue
                 match = pattern.match(path)
@@ -36,9 +42,12 @@ class FastPath:
                 if scope["method"] != "POST":
                     await _NOT_POST.send(send)
                     return
-                params = match.groupdict()
                 reply = await serve(
-                    scope, receive, handler, params["model_name"], params.get("model_version")
+                    scope,
+                    receive,
+                    handler,
+                    match["model_name"],
+                    match["model_version"] if versioned else None,
                 )
                 await reply.send(send)
                 return

@@ -25,14 +25,14 @@ from service.dataplane import DataPlane
 from service.errors import NNServeError
 from service.http.errors import ERRORS
 from service.http.requests import (
+    Exchange,
     Headers,
     binary_header_length,
     deadline,
-    exchange,
     read_body,
 )
 from service.http.responses import Reply
-from service.http.state import state_of
+from service.http.state import EdgeState
 from service.protocol import v1, v2
 from service.protocol.schemas import (
     V1PredictRequest,
@@ -41,6 +41,7 @@ from service.protocol.schemas import (
     V2InferResponse,
 )
 from service.repository.registry import ServedVersion
+from service.runtime.batcher import Result
 
 Handler = Callable[[DataPlane, RequestContext, ServedVersion, bytes, Headers], Awaitable[Reply]]
 
@@ -52,9 +53,9 @@ async def predict_v1(
     groups, n = v1.decode(body, model)
     ids = ctx.prediction_ids(n)
     if len(groups) == 1:
-        outputs = [await plane.infer(ctx, served, groups[0][1], ids)]
+        results = [await plane.infer(ctx, served, groups[0][1], ids)]
     else:  # sequences of several lengths: one batch per length, in parallel
-        outputs = list(
+        results = list(
             await asyncio.gather(
                 *(
                     plane.infer(ctx, served, batch, ids if at is None else [ids[p] for p in at])
@@ -62,29 +63,49 @@ async def predict_v1(
                 )
             )
         )
-    return Reply(orjson.dumps(v1.encode(model, groups, outputs, ids, ctx.request_id)))
+    outputs = [r.outputs for r in results]
+    body = orjson.dumps(v1.encode(model, groups, outputs, ids, ctx.request_id))
+    return Reply(body, headers=_logged(plane, results))
 
 
 async def infer_v2(
     plane: DataPlane, ctx: RequestContext, served: ServedVersion, body: bytes, headers: Headers
 ) -> Reply:
     decoded = v2.decode(body, binary_header_length(headers), served.model)
-    outputs = await plane.infer(ctx, served, decoded.batch, ctx.prediction_ids(len(decoded.batch)))
-    content, header_length = v2.encode(served.model, decoded, outputs, ctx.request_id)
+    result = await plane.infer(ctx, served, decoded.batch, ctx.prediction_ids(len(decoded.batch)))
+    content, header_length = v2.encode(served.model, decoded, result.outputs, ctx.request_id)
+    extra = _logged(plane, (result,))
     if header_length is None:
-        return Reply(content)
-    return Reply(
-        content, "application/octet-stream", {"Inference-Header-Content-Length": str(header_length)}
-    )
+        return Reply(content, headers=extra)
+    binary = [(b"inference-header-content-length", str(header_length).encode())]
+    return Reply(content, "application/octet-stream", binary + (extra or []))
+
+
+#: Response header (with the prediction log on): whether the request's predictions went to
+#: the log, so that a client knows whether feedback on their ids can join.
+_LOGGED = {
+    state: [(b"x-prediction-log", state.encode())] for state in ("logged", "partial", "not-logged")
+}
+
+
+def _logged(
+    plane: DataPlane, results: tuple[Result, ...] | list[Result]
+) -> list[tuple[bytes, bytes]] | None:
+    if plane.log is None:
+        return None
+    if len(results) == 1:
+        return _LOGGED["logged" if results[0].recorded else "not-logged"]
+    logged = sum(r.recorded for r in results)
+    return _LOGGED["logged" if logged == len(results) else "partial" if logged else "not-logged"]
 
 
 async def serve(
     scope: Scope, receive: Receive, handler: Handler, name: str, version: str | None
 ) -> Reply:
     """Lease the model version, read the body, run the handler; errors become replies."""
-    edge = state_of(scope)
+    edge: EdgeState = scope["state"]["nnserve"]
     headers: Headers = dict(scope["headers"])
-    record = exchange(scope)
+    record: Exchange = scope["nnserve"]
     try:
         with edge.plane.lease(name, version) as served:
             record.resolved(served.model)

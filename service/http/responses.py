@@ -3,7 +3,7 @@ path or wrapped as a Starlette response by FastAPI routes; errors through the on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,16 +20,19 @@ JSON = "application/json"
 class Reply:
     body: bytes
     content_type: str = JSON
-    headers: dict[str, str] = field(default_factory=dict)
+    #: Extra headers, as ASGI pairs (lower-case names): built once where they are constant.
+    headers: list[tuple[bytes, bytes]] | None = None
     status: int = 200
 
     @classmethod
     def error(cls, exc: NNServeError) -> Reply:
-        return cls(error_body(exc), headers=headers_of(exc), status=status_of(exc))
+        headers = [(k.lower().encode(), v.encode()) for k, v in headers_of(exc).items()]
+        return cls(error_body(exc), headers=headers, status=status_of(exc))
 
     def response(self) -> Response:
+        headers = {k.decode(): v.decode() for k, v in self.headers or ()}
         return Response(
-            self.body, status_code=self.status, headers=self.headers, media_type=self.content_type
+            self.body, status_code=self.status, headers=headers, media_type=self.content_type
         )
 
     async def send(self, send: Send) -> None:
@@ -37,7 +40,8 @@ class Reply:
             (b"content-type", self.content_type.encode()),
             (b"content-length", str(len(self.body)).encode()),
         ]
-        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        if self.headers:
+            headers += self.headers
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 

@@ -7,9 +7,10 @@ tests can build many apps in one process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import (
@@ -52,12 +53,16 @@ class VersionMetrics:
 
 class Collected:
     """Figures kept outside prometheus_client and read at scrape time: the prediction log's
-    counts, and live accuracy, feedback and drift from
-    :class:`service.observability.quality.Quality`."""
+    (from its writer process: counts, size, input drift) and live accuracy and feedback
+    from :class:`service.observability.quality.Quality`."""
 
     def __init__(self) -> None:
         self.quality: Quality | None = None
         self.log: PredictionLog | None = None
+        self.limits: dict[str, float] = {}  # max_bytes, max_rows, max_age_seconds when bounded
+        # the writer's counters restart with it: totals carry over what earlier ones counted
+        self._carried = dict.fromkeys(("written", "dropped", "pruned"), 0)
+        self._last: dict[str, Any] = {}
 
     def describe(self) -> Iterator[Metric]:
         return self._families(live=False)
@@ -65,47 +70,87 @@ class Collected:
     def collect(self) -> Iterator[Metric]:
         return self._families(live=True)
 
+    def _writer_figures(self) -> dict[str, Any] | None:
+        if self.log is None:
+            return None
+        figures = self.log.stats(timeout=1.0)
+        if figures is None:
+            return None
+        if self._last and figures.get("pid") != self._last.get("pid"):
+            for key in self._carried:
+                self._carried[key] += self._last.get(key, 0)
+        self._last = figures
+        return {
+            **figures,
+            **{key: figures.get(key, 0) + base for key, base in self._carried.items()},
+        }
+
     def _families(self, live: bool) -> Iterator[Metric]:
-        written = CounterMetricFamily(
-            "nnserve_prediction_log_written", "Predictions committed to the prediction log"
+        def counter(name: str, text: str, labels: list[str] | None = None) -> CounterMetricFamily:
+            return CounterMetricFamily(f"nnserve_{name}", text, labels=labels)
+
+        def gauge(name: str, text: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"nnserve_{name}", text, labels=labels)
+
+        mv = ["model", "version"]
+        written = counter("prediction_log_written", "Predictions committed to the prediction log")
+        dropped = counter(
+            "prediction_log_dropped",
+            "Predictions not logged: the writer fell behind (backlog full), was unreachable, "
+            "or its store failed",
         )
-        dropped = CounterMetricFamily(
-            "nnserve_prediction_log_dropped",
-            "Predictions not logged because the writer fell behind (queue full) or failed",
+        pruned = counter("prediction_log_pruned", "Predictions removed by the retention bounds")
+        size = gauge(
+            "prediction_log_bytes", "Bytes the prediction log uses (what its bound counts)"
         )
-        feedback = CounterMetricFamily(
-            "nnserve_feedback",
+        rows = gauge("prediction_log_rows", "Predictions in the prediction log")
+        oldest = gauge(
+            "prediction_log_oldest_age_seconds", "Age of the oldest prediction in the log"
+        )
+        limit = gauge(
+            "prediction_log_limit",
+            "The prediction log's retention bounds, by kind (bytes, rows, age_seconds)",
+            ["kind"],
+        )
+        feedback = counter(
+            "feedback",
             "Feedback labels received, by whether the prediction was right",
-            labels=["model", "version", "outcome"],
+            [*mv, "outcome"],
         )
-        accuracy = GaugeMetricFamily(
-            "nnserve_live_accuracy",
-            "Accuracy over the last feedback labels (sliding window)",
-            labels=["model", "version"],
+        accuracy = gauge(
+            "live_accuracy", "Accuracy over the last feedback labels (sliding window)", mv
         )
-        window = GaugeMetricFamily(
-            "nnserve_live_accuracy_window",
-            "Feedback labels in the live-accuracy window",
-            labels=["model", "version"],
-        )
-        drift = GaugeMetricFamily(
-            "nnserve_input_drift_psi",
+        window = gauge("live_accuracy_window", "Feedback labels in the live-accuracy window", mv)
+        drift = gauge(
+            "input_drift_psi",
             "Population stability index of recent inputs vs the training split, per feature",
-            labels=["model", "version", "feature"],
+            [*mv, "feature"],
         )
+        figures = self._writer_figures() if live else None
         if live and self.log is not None:
-            written.add_metric([], self.log.written)
-            dropped.add_metric([], self.log.dropped)
+            base = figures or {**self._last, **self._carried}
+            written.add_metric([], base.get("written", 0))
+            dropped.add_metric([], base.get("dropped", 0) + self.log.dropped)
+            pruned.add_metric([], base.get("pruned", 0))
+            for kind, value in self.limits.items():
+                limit.add_metric([kind], value)
+        if figures is not None:
+            size.add_metric([], figures["bytes"])
+            rows.add_metric([], figures["rows"])
+            if figures["oldest"] is not None:
+                oldest.add_metric([], max(0.0, time.time() - figures["oldest"]))
         if live and self.quality is not None:
+            serving = self.quality.serving
             for (model, version, outcome), n in list(self.quality.feedback_counts.items()):
                 feedback.add_metric([model, str(version), outcome], n)
-            for model, version, value, size in self.quality.accuracy():
+            for model, version, value, n in self.quality.accuracy():
                 accuracy.add_metric([model, str(version)], value)
-                window.add_metric([model, str(version)], size)
-            for (model, version), tracker in list(self.quality.drift.items()):
-                for feature, psi in tracker.psi():
+                window.add_metric([model, str(version)], n)
+            for model, version, feature, psi in (figures or {}).get("drift", []):
+                if (model, version) in serving:
                     drift.add_metric([model, str(version), feature], psi)
-        yield from (written, dropped, feedback, accuracy, window, drift)
+        yield from (written, dropped, pruned, size, rows, oldest, limit)
+        yield from (feedback, accuracy, window, drift)
 
 
 class Metrics:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, RepositoryError, scan, v
 from service.errors import LoadError, ModelNotFound, ModelNotReady
 from service.observability.metrics import Metrics, VersionMetrics
 from service.repository.policy import ModelPolicy, read_policy
-from service.runtime.batcher import Batcher
+from service.runtime.batcher import Batcher, RunHook
 from service.runtime.model import ServedModel
 
 log = logging.getLogger("nnserve.registry")
@@ -34,15 +33,23 @@ class Failure:
     stamp: tuple[int, ...]  # the files' (mtime, size): a changed file is tried again
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ServedVersion:
-    """The registry's record of one serving version: what serving it acquired."""
+    """The registry's record of one serving version: what serving it acquired. A request
+    leases it for the length of a ``with`` block."""
 
     model: ServedModel
     batcher: Batcher
     metrics: VersionMetrics
     #: Requests that leased this version and have not finished.
     leases: int = field(default=0)
+
+    def __enter__(self) -> ServedVersion:
+        self.leases += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leases -= 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class Registry:
         drain_timeout_s: float = 30.0,
         on_load: Callable[[ModelCard], None] | None = None,
         on_unload: Callable[[ModelCard], None] | None = None,
+        on_run: RunHook | None = None,
     ) -> None:
         self.root = root
         self.metrics = metrics
@@ -87,6 +95,7 @@ class Registry:
         self.drain_timeout_s = drain_timeout_s
         self.on_load = on_load
         self.on_unload = on_unload
+        self.on_run = on_run
         self.served: dict[str, dict[int, ServedVersion]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
@@ -177,9 +186,8 @@ class Registry:
             return None
         self.failures.pop((name, version), None)
         metrics = self.metrics.version_loaded(model.card, model.load_seconds)
-        served = ServedVersion(
-            model, Batcher(model, policy.batching, self.executor, metrics), metrics
-        )
+        batcher = Batcher(model, policy.batching, self.executor, metrics, self.on_run)
+        served = ServedVersion(model, batcher, metrics)
         if self.on_load is not None:
             self.on_load(model.card)
         log.info(
@@ -293,17 +301,6 @@ class Registry:
                 f"model {name!r} has no version {number} being served; served: {sorted(versions)}"
             )
         return served
-
-    @contextmanager
-    def lease(self, name: str, version: str | None = None) -> Iterator[ServedVersion]:
-        """The served version a request works on, held until the ``with`` block ends: a swap
-        meanwhile retires it only after the request is done."""
-        served = self.get(name, version)
-        served.leases += 1
-        try:
-            yield served
-        finally:
-            served.leases -= 1
 
     def newest(self, name: str) -> ServedModel | None:
         versions = self.served.get(name)

@@ -24,8 +24,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,10 +46,22 @@ class BatchConfig:
     inline_s: float = 0.0002  # batches expected to run faster than this skip the thread hop
 
 
+#: Called once per onnxruntime run, on the event loop, before any request of the run is
+#: answered: (model, inputs, outputs, prediction ids) → whether the run was recorded. The
+#: prediction log hangs here, so it costs one call per batch, not one per request.
+RunHook = Callable[[ServedModel, np.ndarray, list[np.ndarray], list[str]], bool]
+
+
+class Result(NamedTuple):
+    outputs: list[np.ndarray]
+    recorded: bool  # the run hook recorded this request's predictions
+
+
 @dataclass(eq=False)
 class _Item:
     batch: np.ndarray
-    future: asyncio.Future[list[np.ndarray]]
+    ids: Sequence[str]
+    future: asyncio.Future[Result]
     enqueued: float
     timer: asyncio.TimerHandle | None = field(default=None)
 
@@ -59,11 +73,13 @@ class Batcher:
         config: BatchConfig,
         executor: Executor,
         metrics: VersionMetrics | None = None,
+        on_run: RunHook | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.executor = executor
         self.metrics = metrics
+        self.on_run = on_run
         self.loop = asyncio.get_running_loop()
         self.items: deque[_Item] = deque()
         self.queued = 0  # samples waiting
@@ -75,8 +91,9 @@ class Batcher:
         self.per_sample_s = model.seconds_per_sample
 
     # -- the request side ------------------------------------------------------------------
-    async def submit(self, batch: np.ndarray, deadline: float) -> list[np.ndarray]:
-        """Outputs for ``batch`` (a request's samples), computed in some batch."""
+    async def submit(self, batch: np.ndarray, deadline: float, ids: Sequence[str] = ()) -> Result:
+        """Outputs for ``batch`` (a request's samples, ``ids`` their prediction ids for the
+        run hook), computed in some batch."""
         n = len(batch)
         if self.queued + n > self.config.max_queue_size:
             raise Overloaded(
@@ -87,7 +104,7 @@ class Batcher:
         now = time.perf_counter()
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        item = _Item(batch, self.loop.create_future(), now)
+        item = _Item(batch, ids, self.loop.create_future(), now)
         item.timer = self.loop.call_later(deadline - now, self._expire, item)
         self.items.append(item)
         self.queued += n
@@ -179,25 +196,25 @@ class Batcher:
 
     def _run_inline(self, items: list[_Item]) -> None:
         self._observe_queue(items)
+        inputs = self._concat(items)
         try:
-            outputs = self._infer(self._concat(items))
+            outputs = self._infer(inputs)
         except Exception as exc:
             self._fail(items, exc)
         else:
-            self._deliver(items, outputs)
+            self._deliver(items, inputs, outputs)
 
     async def _run_threaded(self, groups: list[list[_Item]]) -> None:
         try:
             for items in groups:
                 self._observe_queue(items)
+                inputs = self._concat(items)
                 try:
-                    outputs = await self.loop.run_in_executor(
-                        self.executor, self._infer, self._concat(items)
-                    )
+                    outputs = await self.loop.run_in_executor(self.executor, self._infer, inputs)
                 except Exception as exc:
                     self._fail(items, exc)
                 else:
-                    self._deliver(items, outputs)
+                    self._deliver(items, inputs, outputs)
         finally:
             self.running = False
             if self.items:
@@ -214,16 +231,37 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(exc)
 
-    @staticmethod
-    def _deliver(items: list[_Item], outputs: list[np.ndarray]) -> None:
+    def _deliver(self, items: list[_Item], inputs: np.ndarray, outputs: list[np.ndarray]) -> None:
+        recorded = self._record(items, inputs, outputs)
         offset = 0
         for item in items:
             n = len(item.batch)
             if item.timer is not None:
                 item.timer.cancel()
             if not item.future.done():
-                item.future.set_result([o[offset : offset + n] for o in outputs])
+                item.future.set_result(Result([o[offset : offset + n] for o in outputs], recorded))
             offset += n
+
+    def _record(self, items: list[_Item], inputs: np.ndarray, outputs: list[np.ndarray]) -> bool:
+        """The run hook, for the requests still waiting (one that timed out is not recorded)."""
+        if self.on_run is None:
+            return False
+        live = [not item.future.done() for item in items]
+        if all(live):
+            ids = [i for item in items for i in item.ids]
+        else:
+            rows = np.concatenate(
+                [np.full(len(item.batch), keep) for item, keep in zip(items, live, strict=True)]
+            )
+            ids = [i for item, keep in zip(items, live, strict=True) if keep for i in item.ids]
+            inputs, outputs = inputs[rows], [o[rows] for o in outputs]
+        if not ids or len(ids) != len(inputs):
+            return False  # a caller without ids: nothing to record them under
+        try:
+            return self.on_run(self.model, inputs, outputs, ids)
+        except Exception:
+            log.exception("the run hook failed for %s/%d", self.model.name, self.model.version)
+            return False
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """One onnxruntime run, observed at the inference choke point."""

@@ -24,6 +24,8 @@ class ServedModel:
     card: ModelCard
     session: ort.InferenceSession
     folder: Path
+    name: str
+    version: int
     input: TensorSpec
     check: InputCheck
     output_names: list[str]
@@ -35,14 +37,6 @@ class ServedModel:
     seconds_per_sample: float
     #: The load's wall time, checks included.
     load_seconds: float
-
-    @property
-    def name(self) -> str:
-        return self.card.name
-
-    @property
-    def version(self) -> int:
-        return self.card.version
 
     @classmethod
     def of(
@@ -59,6 +53,8 @@ class ServedModel:
             card=card,
             session=session,
             folder=folder,
+            name=card.name,
+            version=card.version,
             input=spec,
             check=InputCheck(spec),
             output_names=outputs,

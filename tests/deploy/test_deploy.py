@@ -53,6 +53,7 @@ ALERT_NAMES = {
     "NnserveShedding",
     "NnserveQueueBacklog",
     "NnservePredictionLogDropping",
+    "NnservePredictionLogNearBound",
     "NnserveInputDrift",
     "NnserveLiveAccuracyLow",
 }
@@ -118,6 +119,9 @@ def test_the_alerts_an_operator_needs_are_there() -> None:
     assert "nnserve_queue_depth" in expr["NnserveQueueBacklog"]
     assert "rate(nnserve_prediction_log_dropped_total" in expr["NnservePredictionLogDropping"]
     assert expr["NnservePredictionLogDropping"].endswith("> 0")
+    near = expr["NnservePredictionLogNearBound"]
+    assert "nnserve_prediction_log_bytes{" in near and 'kind="bytes"' in near
+    assert near.endswith("> 0.8")
     assert expr["NnserveInputDrift"].startswith("max by (job, instance, model, version)")
     assert "nnserve_input_drift_psi{" in expr["NnserveInputDrift"]
     assert (
@@ -425,6 +429,8 @@ def test_dashboard_has_the_panels_an_operator_needs() -> None:
         "Feedback rate by outcome",
         "Input drift PSI (top 15 features)",
         "Prediction log written vs dropped",
+        "Prediction log size vs its bound",
+        "Prediction log rows, pruning and oldest age",
         "Process CPU",
         "Process memory",
     ):

@@ -83,3 +83,16 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def writer_pid(service: int) -> int:
+    """The log writer process the service started (its child running predictionlog)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == service and b"predictionlog" in command:
+            return int(stat.parent.name)
+    raise AssertionError("no log writer process under the service")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from predictionlog import open_store
 from tests.support.metrics_text import parse, value
 from tests.support.paths import ROOT
 from tests.support.repo_tools import copy_models
-from tests.support.server import Server, running_server
+from tests.support.server import Server, running_server, writer_pid
 
 MODEL = "breast-cancer-ann"
 
@@ -171,19 +172,28 @@ def test_sampling_and_the_drop_counter(tmp_path: Path) -> None:
         predict(server, x[:2])
         r = httpx.post(f"{server.url}/v1/models/{MODEL}/feedback", json={"id": "x", "label": "y"})
         assert r.status_code == 503 and "prediction log" in r.json()["error"]
-    # a writer that falls behind: the loss is counted, never silent
-    with running_server(root, tmp_path, NNSERVE_PREDICTION_LOG_QUEUE="1") as server:
-        r = httpx.post(
-            f"{server.url}/v1/models/{MODEL}:predict",
-            json={"instances": np.resize(x, (64, x.shape[1])).tolist()},
-        )
-        assert r.status_code == 200 and len(r.json()["predictions"]) == 64
+    # a writer that falls behind: the loss is counted, never silent, never a request
+    with running_server(root, tmp_path, NNSERVE_PREDICTION_LOG_QUEUE="64") as server:
+        writer = writer_pid(server.process.pid)
+        os.kill(writer, signal.SIGSTOP)  # stops reading its socket
+        try:
+            statuses = []
+            for _ in range(60):
+                r = httpx.post(
+                    f"{server.url}/v1/models/{MODEL}:predict",
+                    json={"instances": np.resize(x, (32, x.shape[1])).tolist()},
+                )
+                statuses.append(r.status_code)
+            logged = [r.headers["x-prediction-log"]]
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        assert statuses == [200] * 60 and logged == ["not-logged"]
         started = time.monotonic()
         while True:
             metrics = parse(httpx.get(f"{server.url}/metrics").text)
             written = value(metrics, "nnserve_prediction_log_written_total")
             dropped = value(metrics, "nnserve_prediction_log_dropped_total")
-            if written + dropped == 64 or time.monotonic() - started > 10:
+            if written + dropped == 60 * 32 or time.monotonic() - started > 10:
                 break
             time.sleep(0.05)
-        assert dropped > 0 and written + dropped == 64, (written, dropped)
+        assert dropped > 0 and written > 0 and written + dropped == 60 * 32, (written, dropped)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -21,7 +19,7 @@ from predictionlog import (
     FeedbackConflict,
     PostgresStore,
     Prediction,
-    PredictionLog,
+    Retention,
     SQLiteStore,
     Store,
     UnknownPrediction,
@@ -193,10 +191,8 @@ def test_everything_survives_a_restart_and_other_processes_see_it(store_url: str
     with closing(open_store(store_url)) as first:
         first.write_predictions(rows[:6])
         first.record_feedback(Feedback("p1", "a", T0))
-    log = PredictionLog(open_store(store_url), batch_size=3)
-    log.record(rows[6:])
-    log.close()
-    assert log.written == 4 and log.dropped == 0
+    with closing(open_store(store_url)) as second:
+        second.write_predictions(rows[6:])
 
     reopened = open_store(store_url)
     try:
@@ -257,16 +253,18 @@ def test_concurrent_writers_land_every_row_exactly_once(store_url: str) -> None:
         assert process.stdout is not None and process.stdin is not None
         assert process.stdout.readline().strip() == "ready"
 
-        logs = [PredictionLog(open_store(store_url), batch_size=16) for _ in range(3)]
-        shared = open_store(store_url)  # one store used by two threads directly
+        own = [open_store(store_url) for _ in range(3)]  # a store per thread
+        shared = open_store(store_url)  # one store used by two threads
         start = threading.Barrier(6)
         errors: list[BaseException] = []
 
-        def via_log(index: int) -> None:
+        def via_own_store(index: int) -> None:
             start.wait()
             for i in range(0, per_writer, 7):
                 upper = min(i + 7, per_writer)
-                logs[index].record([prediction(f"log{index}-{j}") for j in range(i, upper)])
+                own[index].write_predictions(
+                    [prediction(f"own{index}-{j}") for j in range(i, upper)]
+                )
 
         def via_shared_store(index: int) -> None:
             start.wait()
@@ -280,7 +278,7 @@ def test_concurrent_writers_land_every_row_exactly_once(store_url: str) -> None:
                 errors.append(exc)
                 raise
 
-        threads = [threading.Thread(target=via_log, args=(i,)) for i in range(3)]
+        threads = [threading.Thread(target=via_own_store, args=(i,)) for i in range(3)]
         threads += [threading.Thread(target=via_shared_store, args=(i,)) for i in range(2)]
         for thread in threads:
             thread.start()
@@ -289,8 +287,8 @@ def test_concurrent_writers_land_every_row_exactly_once(store_url: str) -> None:
         start.wait()
         for thread in threads:
             thread.join(30)
-        for log in logs:
-            log.close()
+        for store in own:
+            store.close()
         assert process.stdout.readline().strip() == "done"
         assert process.wait(30) == 0
     finally:
@@ -299,10 +297,9 @@ def test_concurrent_writers_land_every_row_exactly_once(store_url: str) -> None:
     shared.close()
 
     assert errors == []
-    assert [(log.written, log.dropped) for log in logs] == [(per_writer, 0)] * 3
     with closing(open_store(store_url)) as check:
         assert check.count_predictions() == 6 * per_writer
-        for name in ("log0", "log1", "log2", "shared0", "shared1", "proc"):
+        for name in ("own0", "own1", "own2", "shared0", "shared1", "proc"):
             for i in (0, per_writer // 2, per_writer - 1):
                 assert check.get_prediction(f"{name}-{i}") is not None, f"{name}-{i}"
         got = check.get_prediction(f"proc-{per_writer - 1}")
@@ -310,22 +307,70 @@ def test_concurrent_writers_land_every_row_exactly_once(store_url: str) -> None:
         np.testing.assert_array_equal(got.inputs, np.full(5, per_writer - 1))
 
 
-def test_prediction_log_over_a_store_flushes_and_closes(store_url: str) -> None:
-    written: list[str] = []
-    log = PredictionLog(
-        open_store(store_url), batch_size=50, on_written=lambda rows: written.extend(ids(rows))
-    )
-    rows = [prediction(f"p{i}", time=T0 + i) for i in range(500)]
-    for i in range(0, 500, 20):
-        log.record(rows[i : i + 20])
-    assert log.flush(timeout=20)
-    assert log.written == 500 and written == ids(rows)  # on_written saw them, in order
-    log.record([prediction("after-flush")])
-    log.close()
-    log.close()  # idempotent
-    assert log.written == 501 and log.dropped == 0
-    with closing(open_store(store_url)) as check:
-        assert check.count_predictions() == 501
+# -- retention (both backends) ---------------------------------------------------------
+
+
+def test_retention_prunes_the_oldest_by_age_and_rows_with_their_feedback(store: Store) -> None:
+    rows = [prediction(f"p{i}", time=T0 + i) for i in range(50)]
+    store.write_predictions(rows)
+    store.record_feedback(Feedback("p3", "a", T0))
+    store.record_feedback(Feedback("p40", "b", T0))
+    assert store.usage().rows == 50 and store.usage().oldest == T0
+    assert store.usage().bytes > 0
+
+    by_age = Retention(max_age_s=100.0, max_rows=None, max_bytes=None, batch=7)
+    now = T0 + 100 + 10  # everything before T0 + 10 is too old
+    removed = [by_age.step(store, now=now) for _ in range(4)]
+    assert removed == [7, 3, 0, 0]  # in batches of at most 7, oldest first, then nothing
+    assert store.usage().rows == 40 and store.usage().oldest == T0 + 10
+    assert store.get_prediction("p9") is None and store.get_prediction("p10") is not None
+    assert [p.id for p, _ in store.labelled("m")] == ["p40"]  # p3's feedback went with it
+
+    by_rows = Retention(max_age_s=None, max_rows=25, max_bytes=None)
+    assert by_rows.step(store, now=now) == 15 and by_rows.step(store, now=now) == 0
+    assert store.usage().rows == 25 and store.get_prediction("p25") is not None
+    with pytest.raises(UnknownPrediction):
+        store.record_feedback(Feedback("p24", "a", T0))  # pruned: feedback cannot join
+
+
+def test_retention_by_bytes_keeps_the_newest_within_the_bound(store: Store) -> None:
+    for start in range(0, 3000, 500):
+        store.write_predictions(
+            [prediction(f"p{i}", time=T0 + i, shape=(64,)) for i in range(start, start + 500)]
+        )
+    full = store.usage()
+    bound = full.bytes // 3
+    retention = Retention(max_age_s=None, max_rows=None, max_bytes=bound, batch=10_000)
+    assert retention.step(store) > 0
+    after = store.usage()
+    assert after.bytes <= retention.high * bound, (full, after)
+    assert after.bytes >= 0.5 * bound  # pruned to the low mark, not to nothing
+    assert store.get_prediction("p2999") is not None and store.get_prediction("p0") is None
+    assert retention.step(store) == 0  # within the bound: nothing more
+
+
+def test_sqlite_gives_pruned_space_back_to_the_file_system(sqlite_path: Path) -> None:
+    with SQLiteStore(sqlite_path) as store:
+        store.write_predictions([prediction(f"p{i}", shape=(256,)) for i in range(4000)])
+        big = sqlite_path.stat().st_size
+        assert Retention(None, 400, None, batch=100_000).step(store) == 3600
+        with sqlite3.connect(sqlite_path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        assert sqlite_path.stat().st_size < big / 4, (big, sqlite_path.stat().st_size)
+        assert store.usage().rows == 400
+
+
+def test_an_old_sqlite_file_is_converted_to_incremental_vacuum(sqlite_path: Path) -> None:
+    with sqlite3.connect(sqlite_path) as conn:  # a log made before retention existed
+        conn.execute("CREATE TABLE predictions (id TEXT PRIMARY KEY)")
+        conn.execute("DROP TABLE predictions")
+    conn.close()
+    with SQLiteStore(sqlite_path) as store:
+        store.write_predictions([prediction("p0")])
+    with sqlite3.connect(sqlite_path) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    conn.close()
 
 
 # -- SQLite specifics --------------------------------------------------------------------
@@ -344,7 +389,8 @@ def test_sqlite_uses_wal_and_stores_raw_little_endian_float32(sqlite_path: Path)
     conn.close()
     assert inputs == row.inputs.astype("<f4").tobytes() and json.loads(shape) == [28, 28]
     assert outputs == row.outputs.astype("<f4").tobytes() and output_shape == "[3]"
-    assert {"predictions", "feedback", "predictions_model_time"} <= tables
+    assert {"predictions", "feedback"} <= tables
+    assert "predictions_model_time" not in tables  # dropped: inserts cost a fifth less
 
 
 def test_open_store_understands_urls_and_paths(
@@ -376,149 +422,7 @@ def test_open_store_understands_urls_and_paths(
         open_store(str(tmp_path))
 
 
-class BlockingStore:
-    """A SQLite store whose writes wait until ``release`` is set (a slow disk, on demand)."""
-
-    def __init__(self, inner: SQLiteStore) -> None:
-        self.inner = inner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def write_predictions(self, rows: Sequence[Prediction]) -> None:
-        self.entered.set()
-        assert self.release.wait(30)
-        self.inner.write_predictions(rows)
-
-    def get_prediction(self, id: str) -> Prediction | None:
-        return self.inner.get_prediction(id)
-
-    def record_feedback(self, feedback: Feedback) -> bool:
-        return self.inner.record_feedback(feedback)
-
-    def labelled(self, model: str) -> list[tuple[Prediction, str]]:
-        return self.inner.labelled(model)
-
-    def count_predictions(self, model: str | None = None) -> int:
-        return self.inner.count_predictions(model)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def test_a_full_queue_drops_counts_and_reports_but_never_blocks(sqlite_path: Path) -> None:
-    store = BlockingStore(SQLiteStore(sqlite_path))
-    reported: list[int] = []
-    log = PredictionLog(store, max_queue=4, batch_size=2, on_drop=reported.append)
-    rows = [prediction(f"p{i}") for i in range(25)]
-    log.record(rows[:1])
-    assert store.entered.wait(10)  # the writer holds p0 and is stuck in the store
-    began = time.perf_counter()
-    kept: list[str] = ["p0"]
-    for row in rows[1:]:
-        before = sum(reported)
-        log.record([row])
-        if sum(reported) == before:
-            kept.append(row.id)
-    elapsed = time.perf_counter() - began
-    assert elapsed < 1.0  # never waited for the store
-    assert kept == ["p0", "p1", "p2", "p3", "p4"]  # the queue holds 4 more
-    assert log.dropped == 20 and sum(reported) == 20
-    assert log.flush(timeout=0.05) is False  # still stuck
-    store.release.set()
-    assert log.flush(timeout=10)
-    log.close()
-    assert log.written == 5 and log.written + log.dropped == len(rows)
-    with SQLiteStore(sqlite_path) as check:
-        assert check.count_predictions() == 5
-        assert [check.get_prediction(id) is not None for id in ids(rows)] == [
-            row.id in kept for row in rows
-        ]
-    log.record([prediction("too-late")])  # after close: counted and reported, not lost silently
-    assert log.dropped == 21 and reported[-1] == 1
-
-
-class FailingStore(BlockingStore):
-    """Fails the first ``failures`` writes, like a database that is briefly down."""
-
-    def __init__(self, inner: SQLiteStore, failures: int) -> None:
-        super().__init__(inner)
-        self.release.set()
-        self.failures = failures
-
-    def write_predictions(self, rows: Sequence[Prediction]) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise sqlite3.OperationalError("disk I/O error")
-        super().write_predictions(rows)
-
-
-def test_a_store_error_is_logged_counted_and_the_writer_carries_on(
-    sqlite_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken_callback(rows: Sequence[Prediction]) -> None:
-        raise ZeroDivisionError  # a broken callback must not stop the writer either
-
-    reported: list[int] = []
-    log = PredictionLog(
-        FailingStore(SQLiteStore(sqlite_path), failures=1),
-        batch_size=10,
-        on_drop=reported.append,
-        on_written=broken_callback,
-    )
-    with caplog.at_level(logging.WARNING, logger="nnserve.predictionlog"):
-        log.record([prediction(f"a{i}") for i in range(3)])
-        assert log.flush(timeout=10)
-        log.record([prediction(f"b{i}") for i in range(4)])
-        log.close()
-    assert (log.written, log.dropped, reported) == (4, 3, [3])
-    messages = [record.getMessage() for record in caplog.records]
-    assert any("3 predictions" in m and "failed" in m for m in messages), messages
-    assert any("on_written" in m for m in messages), messages
-    with SQLiteStore(sqlite_path) as check:
-        assert check.count_predictions() == 4 and check.get_prediction("a0") is None
-
-
-def sampled_ids(path: Path, sample: float, seed: int | None) -> list[str]:
-    rows = [prediction(f"p{i}") for i in range(2000)]
-    log = PredictionLog(SQLiteStore(path), sample=sample, seed=seed)
-    for i in range(0, len(rows), 50):
-        log.record(rows[i : i + 50])
-    log.close()
-    assert log.dropped == 0
-    with sqlite3.connect(path) as conn:
-        found = [id for (id,) in conn.execute("SELECT id FROM predictions ORDER BY rowid")]
-    conn.close()
-    assert len(found) == log.written
-    return found
-
-
-def test_sampling_keeps_the_requested_share_deterministically(tmp_path: Path) -> None:
-    assert sampled_ids(tmp_path / "none.db", 0.0, None) == []
-    assert len(sampled_ids(tmp_path / "all.db", 1.0, None)) == 2000
-    half = sampled_ids(tmp_path / "half-1.db", 0.5, 7)
-    assert 850 <= len(half) <= 1150  # binomial(2000, 0.5): 6+ standard deviations
-    assert sampled_ids(tmp_path / "half-2.db", 0.5, 7) == half  # same seed, same rows
-    assert sampled_ids(tmp_path / "half-3.db", 0.5, 8) != half
-
-
-def test_close_commits_everything_recorded(sqlite_path: Path) -> None:
-    log = PredictionLog(SQLiteStore(sqlite_path), batch_size=7)
-    total = 0
-    for i in range(100):
-        log.record([prediction(f"p{i}-{j}") for j in range(i % 5)])
-        total += i % 5
-    log.close()  # no flush first: close alone must not lose anything
-    assert log.written == total and log.dropped == 0
-    with SQLiteStore(sqlite_path) as check:
-        assert check.count_predictions() == total
-
-
 def test_bad_arguments_are_refused(sqlite_path: Path) -> None:
-    store = SQLiteStore(sqlite_path)
-    for kwargs in [{"sample": 1.5}, {"sample": -0.1}, {"max_queue": 0}, {"batch_size": 0}]:
-        with pytest.raises(ValueError):
-            PredictionLog(store, **kwargs)  # type: ignore[arg-type]
-    store.close()
     with pytest.raises(ValueError, match="160"):
         prediction("x" * 161)
     with pytest.raises(ValueError):

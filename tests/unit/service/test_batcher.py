@@ -44,7 +44,7 @@ def test_every_sample_runs_once_whatever_the_cost_estimate_does() -> None:
                 asyncio.gather(*(batcher.submit(x, deadline) for x in inputs)), timeout=10
             )
             for x, out in zip(inputs, outputs, strict=True):
-                assert out[0].tolist() == [[x.sum()]]
+                assert out.outputs[0].tolist() == [[x.sum()]]
             assert sum(shape[0] for shape in model.runs) == len(inputs)
             assert sorted(shape[1] for shape in model.runs) == list(range(1, 9))
             assert batcher.idle()
@@ -59,7 +59,7 @@ def test_a_lone_request_runs_without_waiting_and_a_full_queue_refuses() -> None:
             batcher = Batcher(model, BatchConfig(max_batch_size=4, max_queue_size=4), executor)  # type: ignore[arg-type]
             started = time.perf_counter()
             out = await batcher.submit(np.ones((1, 3), np.float32), started + 5)
-            assert out[0].tolist() == [[3.0]]
+            assert out.outputs[0].tolist() == [[3.0]]
             assert time.perf_counter() - started < 0.05
             from service.errors import Overloaded
 
@@ -69,5 +69,38 @@ def test_a_lone_request_runs_without_waiting_and_a_full_queue_refuses() -> None:
                 assert "queue is full" in exc.message
             else:
                 raise AssertionError("a request over the queue bound was accepted")
+
+    asyncio.run(scenario())
+
+
+def test_the_run_hook_sees_each_run_once_with_its_ids_before_anyone_is_answered() -> None:
+    async def scenario() -> None:
+        model = fake_model(seconds_per_sample=0.0, slow_down=0.0)
+        runs: list[tuple[list[str], list[float]]] = []
+        answered: list[str] = []
+
+        def hook(m: object, inputs: np.ndarray, outputs: list, ids: list[str]) -> bool:  # type: ignore[type-arg]
+            assert answered == [] and m is model
+            runs.append((ids, outputs[0].ravel().tolist()))
+            return True
+
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, BatchConfig(max_batch_size=64), executor, on_run=hook)  # type: ignore[arg-type]
+            deadline = time.perf_counter() + 10
+
+            async def one(i: int) -> None:
+                result = await batcher.submit(
+                    np.full((2, 3), i, np.float32), deadline, [f"r{i}-0", f"r{i}-1"]
+                )
+                assert result.recorded and result.outputs[0].ravel().tolist() == [3.0 * i] * 2
+                answered.append(f"r{i}")
+
+            await asyncio.gather(*(one(i) for i in range(5)))
+            # five concurrent requests, one run: one hook call with every id, in order
+            assert runs == [([f"r{i}-{j}" for i in range(5) for j in (0, 1)],
+                             [3.0 * i for i in range(5) for _ in (0, 1)])]  # fmt: skip
+            # without ids (a caller that logs nothing) the hook is not called
+            out = await batcher.submit(np.ones((1, 3), np.float32), deadline)
+            assert not out.recorded and len(runs) == 1
 
     asyncio.run(scenario())

@@ -1,51 +1,8 @@
-"""Live accuracy and drift (PSI) bookkeeping, checked against plain recomputation."""
+"""Live accuracy bookkeeping (the service's side of model quality)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from modelrepo import read_card
-from service.observability.quality import PSI_EPSILON, Drift, Quality
-from tests.support.paths import MODELS
-
-
-def naive_psi(card_baseline: list, rows: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
-    values = []
-    for f, base in enumerate(card_baseline):
-        counts = np.bincount(
-            np.searchsorted(base.bin_edges, rows[:, f], side="right"), minlength=len(base.fractions)
-        )
-        actual = np.clip(counts / counts.sum(), PSI_EPSILON, None)
-        expected = np.clip(np.asarray(base.fractions), PSI_EPSILON, None)
-        values.append(float(((actual - expected) * np.log(actual / expected)).sum()))
-    return np.asarray(values)
-
-
-def test_drift_window_matches_a_recomputation_and_detects_a_shift() -> None:
-    from training.data import load_breast_cancer
-
-    card = read_card(MODELS / "breast-cancer-ann" / "1")
-    drift = Drift(card, window=100)
-    x = load_breast_cancer().x_train
-    for start in range(0, 250, 37):  # batches that wrap the ring several times
-        drift.add(x[start : start + 37])
-    window = x[:259][-100:]
-    got = np.asarray([v for _, v in drift.psi()])
-    np.testing.assert_allclose(got, naive_psi(card.baseline, window), rtol=1e-9, atol=1e-12)
-    assert drift.counts.sum(axis=1).tolist() == [100] * 30
-    assert got.max() < 0.5  # training rows look like the training split
-
-    shifted = Drift(card, window=100)
-    shifted.add(x[:100] * 3.0)
-    assert min(v for _, v in shifted.psi()) > 0.25
-
-
-def test_sequences_count_every_time_step() -> None:
-    card = read_card(MODELS / "vowels-lstm" / "1")
-    drift = Drift(card, window=50)
-    drift.add(np.zeros((20, 12), dtype=np.float32))
-    drift.add(np.zeros((40, 12), dtype=np.float32))
-    assert drift.counts.sum(axis=1).tolist() == [50] * 12
+from service.observability.quality import Quality
 
 
 def test_live_accuracy_is_a_sliding_window() -> None:

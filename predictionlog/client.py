@@ -1,0 +1,306 @@
+"""The service side of the log: hands batches to the writer process without waiting.
+
+:meth:`PredictionLog.record` runs on the request path: it samples, encodes one message per
+batch (``wire``) and ``send``s it on a non-blocking Unix socket: the kernel buffers it until
+the writer reads it. When the writer falls behind and the socket is full, messages wait in a
+bounded backlog (sent again as soon as the socket takes them); beyond ``max_pending`` rows
+they are dropped and counted, and a writer that is gone costs rows, never requests. Every
+row recorded is either sent, waiting, or counted in ``dropped``.
+
+:meth:`flush` (everything recorded so far is committed), :meth:`stats` (the writer's
+figures) and :meth:`close` talk to the writer on a second connection, from any thread.
+:class:`WriterProcess` starts and stops the writer process itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from predictionlog.retention import Retention
+from predictionlog.wire import CONTROL, DATA, FLUSH, STATS, Batch, encode
+
+logger = logging.getLogger("nnserve.predictionlog")
+
+#: At most one "dropped" warning per this many seconds (the counter counts every row).
+_DROP_WARNING_INTERVAL = 10.0
+
+
+class PredictionLog:
+    """A connection to the log writer; see the module docstring."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        sample: float = 1.0,
+        max_pending: int = 10_000,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"sample must be a probability in [0, 1], not {sample}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {max_pending}")
+        self.socket_path = socket_path
+        self.sample = sample
+        self.max_pending = max_pending
+        #: Rows dropped on this side (backlog full, writer gone, message too large).
+        self.dropped = 0
+        self.sent = 0  # rows handed to the writer
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()  # the data socket and the backlog
+        self._backlog: deque[tuple[bytes, int]] = deque()  # (message, rows)
+        self._backlog_rows = 0
+        self._control_lock = threading.Lock()
+        self._data: socket.socket | None = None
+        self._control: socket.socket | None = None
+        self._retry_at = 0.0
+        self._closed = False
+        self._last_warning = -_DROP_WARNING_INTERVAL
+        #: The writer's last answer (flush or stats).
+        self.last_stats: dict[str, Any] | None = None
+        self._connect()
+
+    # -- the request path ------------------------------------------------------------------
+    def sampled(self) -> bool:
+        """Whether the sample keeps the next batch (decided per batch, so that a response
+        can say whether its predictions were logged)."""
+        return self.sample >= 1.0 or (self.sample > 0 and self._random.random() < self.sample)
+
+    def record(self, batch: Batch) -> bool:
+        """Hand ``batch`` to the writer; never blocks. False if its rows were dropped."""
+        n = len(batch.ids)
+        messages = encode(batch)
+        with self._lock:
+            if not messages or self._closed:
+                return self._drop(n, "log closed" if self._closed else "too large to log")
+            self._send_backlog()
+            if self._backlog and self._backlog_rows + n > self.max_pending:
+                return self._drop(n, "the writer is behind and the backlog is full")
+            for message in messages[:-1]:
+                self._backlog.append((message, 0))
+            self._backlog.append((messages[-1], n))  # the rows count once the last is sent
+            self._backlog_rows += n
+            self._send_backlog()
+        return True
+
+    def send_backlog(self) -> None:
+        """Send what waits, if the writer takes it now (never blocks); for a caller that
+        runs now and then, so that a backlog does not wait for the next record()."""
+        with self._lock:
+            self._send_backlog()
+
+    def _send_backlog(self, force: bool = False) -> None:
+        """Send what the socket takes now (caller holds ``_lock``); ``force``: reconnect now
+        if the writer was gone, not at the next retry time."""
+        while self._backlog:
+            if self._data is None and not self._reconnect(force):
+                return
+            assert self._data is not None
+            message, rows = self._backlog[0]
+            try:
+                self._data.send(message)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # the writer is gone: this waits for the next one
+                self._disconnect(f"the log writer is unreachable ({exc})")
+                return
+            self._backlog.popleft()
+            self._backlog_rows -= rows
+            self.sent += rows
+
+    def _drop(self, n: int, reason: str) -> bool:
+        self.dropped += n
+        now = time.monotonic()
+        if now - self._last_warning >= _DROP_WARNING_INTERVAL:
+            self._last_warning = now
+            logger.warning("prediction log: %s; dropped %d (%d in total)", reason, n, self.dropped)
+        return False
+
+    # -- connections -------------------------------------------------------------------------
+    def _connect(self) -> None:
+        data = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            data.connect(str(self.socket_path))
+            data.send(DATA)
+            control.connect(str(self.socket_path))
+            control.send(CONTROL)
+        except OSError:
+            data.close()
+            control.close()
+            raise
+        data.setblocking(False)
+        self._data, self._control = data, control
+
+    def _reconnect(self, force: bool = False) -> bool:
+        if self._closed or (not force and time.monotonic() < self._retry_at):
+            return False
+        try:
+            self._connect()
+        except OSError:
+            self._retry_at = time.monotonic() + 1.0
+            return False
+        return True
+
+    def _disconnect(self, reason: str) -> None:
+        """The writer is gone: the backlog waits (bounded) for the next one."""
+        for sock in (self._data, self._control):
+            if sock is not None:
+                sock.close()
+        self._data = self._control = None
+        self._retry_at = time.monotonic() + 1.0
+        logger.warning("prediction log: %s; reconnecting", reason)
+
+    # -- control -----------------------------------------------------------------------------
+    def _ask(self, request: bytes, timeout: float) -> dict[str, Any] | None:
+        with self._control_lock:
+            control = self._control
+            if control is None:
+                return None
+            try:
+                control.settimeout(timeout)
+                control.send(request)
+                answer = control.recv(1 << 20)
+            except OSError:
+                return None
+        if not answer:
+            return None
+        self.last_stats = orjson.loads(answer)
+        return self.last_stats
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Every row recorded before this call is committed (or counted dropped) when it
+        returns True; False if that did not happen within ``timeout`` seconds. A writer
+        being restarted is waited for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._send_backlog(force=True)
+                connected = self._data is not None and self._control is not None
+                done = connected and not self._backlog
+                data = self._data
+            if done:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if data is None:  # the writer is gone for now: try again shortly
+                time.sleep(min(remaining, 0.05))
+            else:  # the socket is full: wait until it takes more
+                select.select([], [data], [], min(remaining, 0.1))
+        return self._ask(FLUSH, max(0.1, deadline - time.monotonic())) is not None
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The writer's figures (``WriterProcess``'s docstring), or None if it does not answer."""
+        return self._ask(STATS, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what waits, let the writer commit it, and close the connections."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            if self._backlog_rows:
+                self._drop(self._backlog_rows, "closing before the writer took them")
+            for sock in (self._data, self._control):
+                if sock is not None:
+                    sock.close()
+            self._data = self._control = None
+
+
+class WriterProcess:
+    """The log writer as a child process of this one (``python -m predictionlog``)."""
+
+    def __init__(
+        self,
+        store_url: str,
+        *,
+        repository: Path | None = None,
+        retention: Retention | None = None,
+        drift_window: int = 2000,
+        socket_path: Path | None = None,
+        log_level: str = "warning",
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.socket_path = (
+            socket_path or Path(tempfile.mkdtemp(prefix="nnserve-log-")) / "writer.sock"
+        )
+        retention = retention or Retention()
+        command = [
+            sys.executable, "-m", "predictionlog",
+            "--socket", str(self.socket_path),
+            "--store", store_url,
+            "--drift-window", str(drift_window),
+            "--parent", str(os.getpid()),
+            "--log-level", log_level,
+        ]  # fmt: skip
+        if repository is not None:
+            command += ["--repository", str(repository)]
+        for option, value in (
+            ("--max-age", retention.max_age_s),
+            ("--max-rows", retention.max_rows),
+            ("--max-bytes", retention.max_bytes),
+        ):
+            if value is not None:
+                command += [option, str(value)]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + start_timeout
+        while not self._accepting():
+            if self.process.poll() is not None:
+                assert self.process.stderr is not None
+                with self.process.stderr:
+                    error = self.process.stderr.read().strip()
+                raise RuntimeError(f"the prediction log writer failed to start: {error}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the prediction log writer did not start in time")
+            time.sleep(0.02)
+        # from here on its log lines go where ours go
+        self._relay = threading.Thread(target=self._forward_stderr, daemon=True)
+        self._relay.start()
+
+    def _accepting(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(str(self.socket_path))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
+
+    def _forward_stderr(self) -> None:
+        assert self.process.stderr is not None
+        with self.process.stderr:
+            for line in self.process.stderr:
+                sys.stderr.write(line)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (it commits what it has), then wait; SIGKILL past ``timeout``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.error("the prediction log writer did not stop in %.0fs; killed", timeout)
+                self.process.kill()
+                self.process.wait()
+        relay = getattr(self, "_relay", None)
+        if relay is not None:
+            relay.join(5.0)  # it closes the pipe at the end of the writer's output
+        return self.process.returncode

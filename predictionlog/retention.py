@@ -1,0 +1,79 @@
+"""Bounds on the prediction log: by age, by row count and by bytes, enforced by the writer
+process in small steps between its commits, so no request and no insert ever waits on it.
+
+Each step looks at the store's figures and removes the oldest predictions (with their
+feedback) that break a bound, at most ``batch`` rows at a time, then gives the space back
+(SQLite: incremental vacuum; PostgreSQL: autovacuum reuses it). The byte bound works with two
+marks: above ``high * max_bytes`` it prunes down to ``low * max_bytes``, so it does not prune a few
+rows on every step once the log is full.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Usage:
+    rows: int
+    bytes: int  # what the bound counts (see each store's ``usage``)
+    oldest: float | None  # time of the oldest prediction kept, unix seconds
+
+
+class Prunable(Protocol):
+    def usage(self) -> Usage: ...
+
+    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+        """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
+        and their feedback; the number removed."""
+        ...
+
+    def reclaim(self) -> None:
+        """Return freed space (SQLite: incremental vacuum; a no-op where the engine does it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Retention:
+    max_age_s: float | None = 7 * 24 * 3600.0
+    max_rows: int | None = None
+    max_bytes: int | None = 1 << 30
+    batch: int = 2000  # rows removed per step at most
+    high: float = 0.95
+    low: float = 0.85
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_age_s is not None:
+            parts.append(f"{self.max_age_s / 86400:g} days")
+        if self.max_rows is not None:
+            parts.append(f"{self.max_rows} rows")
+        if self.max_bytes is not None:
+            parts.append(f"{self.max_bytes / 1e6:g} MB")
+        return ", ".join(parts) or "no bound"
+
+    def step(self, store: Prunable, usage: Usage | None = None, now: float | None = None) -> int:
+        """One bounded pruning step; the rows removed (0 when every bound holds). ``usage``:
+        the store's figures if the caller keeps them (measuring can be slow), else measured."""
+        usage = store.usage() if usage is None else usage
+        if usage.rows == 0:
+            return 0
+        excess = 0
+        if self.max_rows is not None:
+            excess = max(excess, usage.rows - self.max_rows)
+        if self.max_bytes is not None and usage.bytes > self.high * self.max_bytes:
+            per_row = usage.bytes / usage.rows
+            excess = max(excess, math.ceil((usage.bytes - self.low * self.max_bytes) / per_row))
+        removed = 0
+        if excess > 0:
+            removed += store.prune_oldest(min(excess, self.batch))
+        if self.max_age_s is not None and removed < self.batch:
+            cutoff = (time.time() if now is None else now) - self.max_age_s
+            if usage.oldest is not None and usage.oldest < cutoff:
+                removed += store.prune_oldest(self.batch - removed, older_than=cutoff)
+        if removed:
+            store.reclaim()
+        return removed

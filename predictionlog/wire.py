@@ -1,0 +1,139 @@
+"""The messages between a service process and the log writer process, over a Unix
+``SOCK_SEQPACKET`` socket (each message arrives whole or not at all).
+
+A **batch** message carries the predictions of one inference run of one model version: a
+small JSON head (model, version, time, ids, predicted labels, array shapes) and the raw
+little-endian float32 bytes of the inputs and outputs, as they came out of onnxruntime. No
+pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and nothing it reads
+can run code.
+
+A connection first says what it is for, in one byte: ``D`` (it sends batches; the writer
+reads it every few milliseconds) or ``C`` (it asks). Questions are one byte: ``F`` (commit
+everything received, from every connection, then answer), ``S`` (answer with the writer's
+figures). Answers are JSON.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from math import prod
+from typing import NamedTuple
+
+import numpy as np
+import orjson
+
+from predictionlog.records import STORED_DTYPE, Row
+
+BATCH, FLUSH, STATS = b"B", b"F", b"S"
+#: What a connection says first: it sends batches, or it asks (flush, stats).
+DATA, CONTROL = b"D", b"C"
+#: Largest message either side sends or accepts; bigger batches are split into several.
+MAX_MESSAGE = 64 * 1024
+_HEAD = struct.Struct("<cI")  # kind, length of the JSON head
+
+
+class Batch(NamedTuple):
+    """Predictions of one model version at one time, row ``i`` under ``ids[i]``."""
+
+    model: str
+    version: int
+    time: float
+    ids: Sequence[str]
+    inputs: np.ndarray  # [n, ...] float32
+    outputs: np.ndarray  # [n, k] float32
+    labels: Sequence[str | None]
+
+    def rows(self) -> Iterator[Row]:
+        """Predictions-table rows (see ``records.COLUMNS``)."""
+        input_shape = orjson.dumps(list(self.inputs.shape[1:])).decode()
+        output_shape = orjson.dumps(list(self.outputs.shape[1:])).decode()
+        inputs, outputs = self.inputs, self.outputs
+        for i, pid in enumerate(self.ids):
+            yield (
+                pid,
+                self.time,
+                self.model,
+                self.version,
+                inputs[i].tobytes(),
+                input_shape,
+                outputs[i].tobytes(),
+                output_shape,
+                self.labels[i],
+            )
+
+
+def encode(batch: Batch) -> list[bytes]:
+    """One or more messages of at most :data:`MAX_MESSAGE` bytes; a single prediction larger
+    than that cannot be sent and gives ``[]`` (the caller counts it as dropped)."""
+    inputs, outputs = _stored(batch.inputs), _stored(batch.outputs)
+    n = len(batch.ids)
+    if inputs.nbytes + outputs.nbytes + 64 * n + 512 <= MAX_MESSAGE:  # the usual case: one
+        return [_message(batch, inputs, outputs, batch.ids, batch.labels)]
+    step = max(1, (MAX_MESSAGE - 1024) // ((inputs.nbytes + outputs.nbytes) // n + 64))
+    messages = []
+    for start in range(0, n, step):
+        part = slice(start, min(n, start + step))
+        message = _message(batch, inputs[part], outputs[part], batch.ids[part], batch.labels[part])
+        if len(message) > MAX_MESSAGE:
+            return []
+        messages.append(message)
+    return messages
+
+
+def _stored(array: np.ndarray) -> np.ndarray:
+    if array.dtype == STORED_DTYPE and array.flags.c_contiguous:
+        return array
+    return np.ascontiguousarray(array, dtype=STORED_DTYPE)
+
+
+def _message(
+    batch: Batch,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    ids: Sequence[str],
+    labels: Sequence[str | None],
+) -> bytes:
+    head = orjson.dumps(
+        {
+            "model": batch.model,
+            "version": batch.version,
+            "time": batch.time,
+            "ids": ids,
+            "labels": labels,
+            "inputs": inputs.shape[1:],
+            "outputs": outputs.shape[1:],
+        }
+    )
+    return b"".join((_HEAD.pack(BATCH, len(head)), head, inputs.data, outputs.data))
+
+
+def decode(message: bytes) -> Batch:
+    """The inverse of :func:`encode` for one message; ``ValueError`` for anything malformed."""
+    try:
+        kind, length = _HEAD.unpack_from(message)
+        if kind != BATCH:
+            raise ValueError(f"not a batch message: {kind!r}")
+        start = _HEAD.size + length
+        head = orjson.loads(message[_HEAD.size : start])
+        ids, labels = head["ids"], head["labels"]
+        n = len(ids)
+        in_shape, out_shape = (n, *head["inputs"]), (n, *head["outputs"])
+        in_bytes = prod(in_shape) * 4
+        inputs = np.frombuffer(message, STORED_DTYPE, prod(in_shape), start).reshape(in_shape)
+        outputs = np.frombuffer(message, STORED_DTYPE, prod(out_shape), start + in_bytes).reshape(
+            out_shape
+        )
+        if len(labels) != n or len(message) != start + in_bytes + outputs.nbytes:
+            raise ValueError("the ids, labels and tensors do not match")
+        return Batch(
+            str(head["model"]), int(head["version"]), float(head["time"]), ids, inputs, outputs,
+            labels,
+        )  # fmt: skip
+    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"malformed batch message: {exc}") from exc
+
+
+__all__ = [
+    "BATCH", "CONTROL", "DATA", "FLUSH", "MAX_MESSAGE", "STATS", "Batch", "decode", "encode",
+]  # fmt: skip

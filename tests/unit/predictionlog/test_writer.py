@@ -1,0 +1,260 @@
+"""The log writer process and the service's connection to it: the wire format, everything
+sent is committed once, flush, SIGTERM, kill -9, a full disk, a writer that falls behind."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictionlog import Batch, PredictionLog, Retention, WriterProcess
+from predictionlog.wire import MAX_MESSAGE, decode, encode
+from tests.support.paths import MODELS, ROOT
+
+pytestmark = pytest.mark.timeout(60)
+T0 = 1_700_000_000.0
+
+
+def batch(prefix: str, n: int = 3, width: int = 30, model: str = "m") -> Batch:
+    rng = np.random.default_rng(len(prefix) + n)
+    return Batch(
+        model,
+        1,
+        T0,
+        [f"{prefix}-{i}" for i in range(n)],
+        rng.standard_normal((n, width)).astype(np.float32),
+        rng.random((n, 2)).astype(np.float32),
+        ["a" if i % 2 else None for i in range(n)],
+    )
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[WriterProcess]:
+    process = WriterProcess(f"sqlite:///{tmp_path / 'log.db'}", repository=MODELS)
+    yield process
+    process.stop()
+
+
+def stored(tmp_path: Path) -> list[str]:
+    with closing(sqlite3.connect(tmp_path / "log.db")) as conn:
+        return [i for (i,) in conn.execute("SELECT id FROM predictions ORDER BY rowid")]
+
+
+# -- the wire format -----------------------------------------------------------------------
+def test_a_batch_goes_over_the_wire_exactly() -> None:
+    sent = batch("p", n=5)
+    (message,) = encode(sent)
+    got = decode(message)
+    assert (got.model, got.version, got.time, list(got.ids), list(got.labels)) == (
+        "m", 1, T0, list(sent.ids), list(sent.labels)
+    )  # fmt: skip
+    np.testing.assert_array_equal(got.inputs, sent.inputs)
+    np.testing.assert_array_equal(got.outputs, sent.outputs)
+    rows = list(got.rows())
+    assert rows[1][:4] == ("p-1", T0, "m", 1) and rows[1][8] == "a"
+    assert np.frombuffer(rows[1][4], "<f4").tolist() == sent.inputs[1].tolist()
+
+
+def test_big_batches_are_split_and_oversized_rows_refused() -> None:
+    images = batch("img", n=100, width=28 * 28)  # 313 KB of inputs
+    messages = encode(images)
+    assert len(messages) > 1 and all(len(m) <= MAX_MESSAGE for m in messages)
+    ids = [i for m in messages for i in decode(m).ids]
+    assert ids == list(images.ids)
+    assert encode(batch("huge", n=1, width=MAX_MESSAGE)) == []
+    for bad in (b"B\x00", b"X" + bytes(8), messages[0][:-1]):
+        with pytest.raises(ValueError):
+            decode(bad)
+
+
+# -- the writer process --------------------------------------------------------------------
+def test_every_row_from_every_connection_is_committed_once(
+    writer: WriterProcess, tmp_path: Path
+) -> None:
+    logs = [PredictionLog(writer.socket_path) for _ in range(3)]
+
+    def send(index: int) -> None:
+        for i in range(100):
+            assert logs[index].record(batch(f"c{index}-{i}", n=1 + i % 4))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = {f"c{c}-{i}-{j}" for c in range(3) for i in range(100) for j in range(1 + i % 4)}
+    assert all(log.flush() for log in logs)  # everything sent, by every connection
+    assert sorted(stored(tmp_path)) == sorted(expected)
+    figures = logs[0].stats()
+    assert figures is not None
+    assert (figures["written"], figures["dropped"]) == (len(expected), 0)
+    for log in logs:
+        log.close()
+
+
+def test_flush_answers_for_rows_another_connection_sent(
+    writer: WriterProcess, tmp_path: Path
+) -> None:
+    sender, asker = PredictionLog(writer.socket_path), PredictionLog(writer.socket_path)
+    for i in range(50):
+        sender.record(batch(f"s{i}"))
+    assert asker.flush()  # a feedback call on another worker must find them
+    assert len(stored(tmp_path)) == 150
+    sender.close()
+    asker.close()
+
+
+def test_drift_is_computed_by_the_writer_from_the_model_cards(writer: WriterProcess) -> None:
+    log = PredictionLog(writer.socket_path)
+    card_rows = batch("x", n=200, model="breast-cancer-ann")
+    log.record(card_rows)
+    log.record(batch("y", n=5, model="no-such-model"))  # no baseline: no drift, still logged
+    assert log.flush()
+    figures = log.stats()
+    assert figures is not None and figures["written"] == 205
+    drift = {(m, v, f) for m, v, f, _ in figures["drift"]}
+    assert ("breast-cancer-ann", 1, "mean radius") in drift and len(drift) == 30
+    log.close()
+
+
+def test_sigterm_commits_everything_already_sent(writer: WriterProcess, tmp_path: Path) -> None:
+    log = PredictionLog(writer.socket_path)
+    for i in range(300):
+        log.record(batch(f"t{i}"))
+    assert writer.stop() == 0  # no flush first: what was sent is read and committed
+    assert log.sent > 0 and len(stored(tmp_path)) == log.sent
+    assert not writer.socket_path.exists()
+    log.close(timeout=0.5)
+
+
+def test_kill_9_loses_at_most_the_last_window_and_never_corrupts(tmp_path: Path) -> None:
+    writer = WriterProcess(f"sqlite:///{tmp_path / 'log.db'}")
+    log = PredictionLog(writer.socket_path)
+    for i in range(200):
+        log.record(batch(f"k{i}"))
+    assert log.flush()
+    for i in range(20):  # sent, maybe not committed yet
+        log.record(batch(f"late{i}"))
+    writer.process.kill()
+    writer.process.wait()
+    with closing(sqlite3.connect(tmp_path / "log.db")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    ids = stored(tmp_path)
+    assert {f"k{i}-{j}" for i in range(200) for j in range(3)} <= set(ids)  # flushed: kept
+    # a new writer on the same socket; the connection comes back by itself
+    again = WriterProcess(f"sqlite:///{tmp_path / 'log.db'}", socket_path=writer.socket_path)
+    time.sleep(1.1)  # the client retries at most once a second
+    for i in range(5):
+        log.record(batch(f"after{i}"))
+    assert log.flush()
+    assert {f"after{i}-0" for i in range(5)} <= set(stored(tmp_path))
+    log.close()
+    again.stop()
+
+
+def test_a_writer_that_falls_behind_costs_rows_never_waits(
+    writer: WriterProcess, tmp_path: Path
+) -> None:
+    log = PredictionLog(writer.socket_path, max_pending=300)
+    os.kill(writer.process.pid, signal.SIGSTOP)  # a writer that stops reading
+    try:
+        began = time.perf_counter()
+        accepted = sum(log.record(batch(f"b{i}", n=10, width=784)) for i in range(200))
+        assert time.perf_counter() - began < 2.0  # never blocked
+        assert 0 < accepted < 200 and log.dropped == (200 - accepted) * 10
+        assert log.flush(timeout=0.2) is False
+    finally:
+        os.kill(writer.process.pid, signal.SIGCONT)
+    assert log.flush()
+    assert len(stored(tmp_path)) == accepted * 10  # all that was accepted, nothing else
+    log.close()
+
+
+def test_a_full_disk_drops_rows_counted_and_the_writer_carries_on(tmp_path: Path) -> None:
+    socket_path = tmp_path / "w.sock"
+    limit = 1_000_000  # bytes any file of the writer may reach: the "disk"
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "predictionlog", "--socket", str(socket_path),
+         "--store", f"sqlite:///{tmp_path / 'log.db'}"],
+        cwd=ROOT, preexec_fn=small_disk, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if socket_path.exists():
+                break
+            time.sleep(0.05)
+        log = PredictionLog(socket_path)
+        for i in range(100):
+            log.record(batch(f"d{i}", n=10, width=784))  # 3 MB: far over the disk
+            if i % 5 == 4:
+                assert log.flush()
+        figures = log.stats()
+        assert figures is not None
+        assert figures["dropped"] > 0 and figures["written"] > 0
+        assert figures["written"] + figures["dropped"] == 1000
+        assert process.poll() is None  # still running
+    finally:
+        log.close()
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert "failed; dropped" in errors
+    with closing(sqlite3.connect(tmp_path / "log.db")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_retention_runs_in_the_writer(tmp_path: Path) -> None:
+    writer = WriterProcess(
+        f"sqlite:///{tmp_path / 'log.db'}", retention=Retention(None, max_rows=100, max_bytes=None)
+    )
+    log = PredictionLog(writer.socket_path)
+    for i in range(100):
+        log.record(batch(f"r{i}"))
+    assert log.flush()
+    deadline = time.monotonic() + 10
+    while (figures := log.stats()) is not None and figures["rows"] > 100:
+        assert time.monotonic() < deadline, figures
+        time.sleep(0.2)
+    assert figures is not None and figures["pruned"] == 200
+    assert stored(tmp_path)[0] == "r66-2"  # the newest 100 remain
+    log.close()
+    writer.stop()
+
+
+def test_a_store_that_cannot_open_is_a_clear_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(RuntimeError, match="folder"):
+        WriterProcess(f"sqlite:///{tmp_path / 'folder.db'}")
+
+
+def test_bad_arguments_are_refused(writer: WriterProcess) -> None:
+    for kwargs in [{"sample": 1.5}, {"sample": -0.1}, {"max_pending": 0}]:
+        with pytest.raises(ValueError):
+            PredictionLog(writer.socket_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_sampling_keeps_the_requested_share_deterministically(writer: WriterProcess) -> None:
+    def kept(sample: float, seed: int) -> list[bool]:
+        log = PredictionLog(writer.socket_path, sample=sample, seed=seed)
+        choices = [log.sampled() for _ in range(2000)]
+        log.close()
+        return choices
+
+    assert not any(kept(0.0, 1)) and all(kept(1.0, 1))
+    half = kept(0.5, 7)
+    assert 850 <= sum(half) <= 1150  # binomial(2000, 0.5): 6+ standard deviations
+    assert kept(0.5, 7) == half and kept(0.5, 8) != half

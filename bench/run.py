@@ -58,6 +58,7 @@ class Row:
     errors: int
     ratio_to_raw: float | None = None
     prediction_log: str = ""  # off / on (service rows)
+    dropped: float | None = None  # predictions the log dropped during the run (log on)
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -321,7 +322,10 @@ def serve(
                     url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
                     check_answer(url, body, ctype, hlen)
                     wrk(url, body_file, ctype, hlen, concurrency, min(1.0, seconds))  # warm-up
+                    dropped = dropped_so_far(port) if mode == "on" else None
                     result = wrk(url, body_file, ctype, hlen, concurrency, seconds)
+                    if dropped is not None:
+                        dropped = dropped_so_far(port) - dropped
                     req_s = result["requests"] / (result["duration_us"] / 1e6)
                     errors = int(
                         sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
@@ -338,6 +342,7 @@ def serve(
                         errors,
                         req_s * batch / raw[(name, batch)],
                         mode,
+                        dropped,
                     )
                     rows.append(row)
                     print(f"log {mode:3s} {format_row(row)}", flush=True)
@@ -354,6 +359,14 @@ def serve(
         server.terminate()
         server.wait(timeout=60)
     return rows, stored
+
+
+def dropped_so_far(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    line = next(
+        x for x in text.splitlines() if x.startswith("nnserve_prediction_log_dropped_total ")
+    )
+    return float(line.split()[-1])
 
 
 def log_figures(port: int) -> dict[str, float]:
@@ -403,15 +416,15 @@ def write_results(rows: list[Row], stored: dict[str, float]) -> None:
         "",
         *log_cost(rows, stored),
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "
-        "errors | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "errors | ratio | log dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "" if r.ratio_to_raw is None else f"{r.ratio_to_raw:.3f}"
         lines.append(
             f"| {r.model} | {r.scenario} | {r.prediction_log} | {r.batch} | {r.concurrency} | "
             f"{r.req_s:,.0f} | {r.samples_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | "
-            f"{r.errors} | {ratio} |"
+            f"{r.errors} | {ratio} | {'' if r.dropped is None else f'{r.dropped:,.0f}'} |"
         )
     text = "\n".join(lines) + "\n"
     (RESULTS / f"bench-{stamp}.md").write_text(text)
@@ -427,9 +440,9 @@ def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
     lines = [
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
-        "| model | scenario | c=64 req/s off | on | cost | p99 c=1 off ms | on ms | p99 ratio "
-        "| bytes per prediction |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | scenario | c=64 req/s off | on | cost | dropped at c=64 | p99 c=1 off ms "
+        "| on ms | p99 ratio | bytes per prediction |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, scenario, batch, concurrency, log), off in by.items():
         on = by.get((model, scenario, batch, concurrency, "on"))
@@ -439,7 +452,8 @@ def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
         on_1 = by[(model, scenario, 1, 1, "on")]
         lines.append(
             f"| {model} | {scenario} | {off.req_s:,.0f} | {on.req_s:,.0f} | "
-            f"{1 - on.req_s / off.req_s:.1%} | {off_1.p99_ms:.3f} | {on_1.p99_ms:.3f} | "
+            f"{1 - on.req_s / off.req_s:.1%} | {on.dropped or 0:,.0f} | "
+            f"{off_1.p99_ms:.3f} | {on_1.p99_ms:.3f} | "
             f"{on_1.p99_ms / off_1.p99_ms:.2f} | {stored.get(model, 0):,.0f} |"
         )
     return [*lines, ""] if len(lines) > 4 else []

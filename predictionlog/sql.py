@@ -7,7 +7,7 @@ them, so SQLite and PostgreSQL run the same SQL and cannot drift apart.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
@@ -55,13 +55,21 @@ class SQLStore:
     def write_predictions(self, rows: Sequence[Prediction]) -> None:
         self.write_rows([to_row(row) for row in rows])  # encoded before taking the lock
 
-    def write_rows(self, rows: Sequence[Row]) -> None:
+    def write_rows(
+        self, rows: Sequence[Row], pause: Callable[[], object] | None = None, chunk: int = 16
+    ) -> None:
         """Rows already in :data:`COLUMNS` order, in one transaction (ids already stored are
-        ignored)."""
+        ignored). With ``pause``, it is called between chunks of ``chunk`` rows: a writer
+        sharing a core with the service offers it the CPU that often."""
         if not rows:
             return
         with self._transaction() as conn:
-            self._insert(conn, list(rows))
+            if pause is None:
+                self._insert(conn, list(rows))
+                return
+            for start in range(0, len(rows), chunk):
+                self._insert(conn, list(rows[start : start + chunk]))
+                pause()
 
     def get_prediction(self, id: str) -> Prediction | None:
         with self._connection() as conn:

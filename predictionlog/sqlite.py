@@ -27,7 +27,7 @@ logger = logging.getLogger("nnserve.predictionlog")
 #: How long a statement waits for another process's write lock before it fails (seconds).
 BUSY_TIMEOUT = 30.0
 #: WAL pages between automatic checkpoints, and the size the WAL is truncated to after one.
-WAL_PAGES = 256
+WAL_PAGES = 1000
 WAL_LIMIT = 4 << 20
 
 _SCHEMA = """

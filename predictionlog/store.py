@@ -9,7 +9,7 @@ the retraining pipeline reads with :meth:`Store.labelled`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
@@ -29,8 +29,11 @@ class Store(Protocol):
         """Store ``rows`` in one transaction; an id already stored is ignored (idempotent)."""
         ...
 
-    def write_rows(self, rows: Sequence[Row]) -> None:
-        """Rows already encoded (``records.COLUMNS`` order), in one transaction."""
+    def write_rows(
+        self, rows: Sequence[Row], pause: Callable[[], object] | None = None, chunk: int = 16
+    ) -> None:
+        """Rows already encoded (``records.COLUMNS`` order), in one transaction; ``pause``
+        is called between chunks of ``chunk`` rows."""
         ...
 
     def usage(self) -> Usage:

@@ -83,11 +83,12 @@ class Writer:
         self.drift: dict[tuple[str, int], Drift | None] = {}
         self.written = self.dropped = self.pruned = self.malformed = 0
         self.received = 0  # batch messages
+
         self.next_drift = 0.0
         #: The store's figures: measured every ``prune_interval``, kept up to date in between
         #: from what is committed and pruned (measuring can take a while on a large log).
         self.usage = Usage(0, 0, None)
-        self.next_measure = 0.0
+        self.next_measure = self.next_prune = 0.0
         self.stopping = False
         # a signal wakes the loop at once (its handler only sets ``stopping``)
         self._wake_read, self._wake_write = socket.socketpair()
@@ -119,8 +120,10 @@ class Writer:
                 self._prune()
             if now >= self.next_measure:
                 self._measure()
-                self._prune()
                 self.next_measure = now + max(self.prune_interval, self.store.measure_every)
+            if now >= self.next_prune:  # the age bound moves with the clock
+                self._prune()
+                self.next_prune = now + self.prune_interval
             if self.parent is not None and os.getppid() != self.parent:
                 log.warning("the service that started the log writer is gone; stopping")
                 self.stopping = True
@@ -180,15 +183,21 @@ class Writer:
             while conn in self.data:
                 before = self.received
                 self._read(conn, limit=BURST)
-                os.sched_yield()
                 got = self.received - before
                 limit -= got
                 if got < BURST:
                     break
+                self._pause()
                 if limit <= 0:
                     more = True
                     break
         return more
+
+    @staticmethod
+    def _pause() -> None:
+        """Offer the CPU to whoever waits for it (on a shared core, a request should not
+        wait for this process): between bursts of reading, writing and drift."""
+        os.sched_yield()
 
     def _drain_all(self) -> None:
         """Everything waiting on every data connection (flush, stop)."""
@@ -256,13 +265,13 @@ class Writer:
             return
         rows, self.pending = self.pending, []
         try:
-            self.store.write_rows(rows)
+            self.store.write_rows(rows, pause=self._pause)
         except Exception as exc:
             self.dropped += len(rows)
             self.pending_inputs = {}  # rows not written do not count for drift either
             log.error("writing %d predictions to the log failed; dropped: %s", len(rows), exc)
             return
-        os.sched_yield()
+        self._pause()
         for key, inputs in self.pending_inputs.items():
             self.committed_inputs.setdefault(key, []).extend(inputs)
         self.pending_inputs = {}
@@ -279,7 +288,7 @@ class Writer:
         except Exception as exc:  # a malformed baseline must not stop the log
             self.committed_inputs = {}
             log.error("updating input drift failed: %s", exc)
-        os.sched_yield()
+        self._pause()
 
     def _prune(self) -> None:
         """Retention steps until every bound holds, or until new work waits (it comes first;
@@ -358,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=10,
         help="scheduling niceness added (default 10): on a busy core the service's requests "
-        "go first; the writer still gets about a tenth of the core, several times its need",
+        "go first; the writer still gets a tenth of the core, above its need at the service's "
+        "full single-sample rate",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")

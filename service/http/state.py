@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from service.dataplane import DataPlane
+from service.http.requests import exchange
 from service.observability.metrics import Metrics
+from service.runtime.model import ServedModel
 from service.settings import Settings
 
 
@@ -26,3 +28,10 @@ def state_of(scope: Scope) -> EdgeState:
 
 def state(request: Request) -> EdgeState:
     return state_of(request.scope)
+
+
+def served_model(request: Request, name: str, version: str | None = None) -> ServedModel:
+    """The served model a metadata route is about, named in the request's metrics."""
+    model = state(request).plane.model(name, version)
+    exchange(request.scope).resolved(model)
+    return model

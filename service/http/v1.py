@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.http.errors import ERRORS
-from service.http.requests import exchange, read_body
+from service.http.requests import read_body
 from service.http.responses import json_response
-from service.http.state import state
+from service.http.state import served_model, state
 from service.protocol import v1
 from service.protocol.schemas import V1Feedback, V1FeedbackResponse, V1ModelList
 
@@ -22,10 +22,8 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/models/{model_name}", summary="A model's card: I/O, labels, metrics, provenance")
 async def describe(request: Request, model_name: str) -> Response:
-    plane = state(request).plane
-    model = plane.model(model_name)
-    exchange(request.scope).resolved(model)
-    return json_response(v1.describe(model, plane.versions(model.name)))
+    model = served_model(request, model_name)
+    return json_response(v1.describe(model, state(request).plane.versions(model.name)))
 
 
 @router.post(

@@ -8,9 +8,8 @@ from starlette.responses import Response
 from service import __version__
 from service.errors import ModelNotReady
 from service.http.errors import ERRORS
-from service.http.requests import exchange
 from service.http.responses import error_response, json_response
-from service.http.state import state
+from service.http.state import served_model, state
 from service.protocol import v2
 from service.protocol.schemas import V2ModelMetadata, V2Ready, V2ServerMetadata
 
@@ -40,10 +39,8 @@ async def ready(request: Request) -> Response:
 
 @router.get("/models/{model_name}", response_model=V2ModelMetadata, summary="Model metadata")
 async def model_metadata(request: Request, model_name: str) -> Response:
-    plane = state(request).plane
-    model = plane.model(model_name)
-    exchange(request.scope).resolved(model)
-    return json_response(v2.metadata(model, plane.versions(model_name)))
+    model = served_model(request, model_name)
+    return json_response(v2.metadata(model, state(request).plane.versions(model_name)))
 
 
 @router.get(
@@ -52,16 +49,13 @@ async def model_metadata(request: Request, model_name: str) -> Response:
     summary="Model version metadata",
 )
 async def version_metadata(request: Request, model_name: str, model_version: str) -> Response:
-    model = state(request).plane.model(model_name, model_version)
-    exchange(request.scope).resolved(model)
+    model = served_model(request, model_name, model_version)
     return json_response(v2.metadata(model, [model.version]))
 
 
 @router.get("/models/{model_name}/ready", response_model=V2Ready, summary="Model readiness")
 async def model_ready(request: Request, model_name: str) -> Response:
-    model = state(request).plane.model(model_name)
-    exchange(request.scope).resolved(model)
-    return json_response({"name": model.name, "ready": True})
+    return json_response({"name": served_model(request, model_name).name, "ready": True})
 
 
 @router.get(
@@ -70,6 +64,5 @@ async def model_ready(request: Request, model_name: str) -> Response:
     summary="Model version readiness",
 )
 async def version_ready(request: Request, model_name: str, model_version: str) -> Response:
-    model = state(request).plane.model(model_name, model_version)
-    exchange(request.scope).resolved(model)
+    model = served_model(request, model_name, model_version)
     return json_response({"name": model.name, "ready": True})

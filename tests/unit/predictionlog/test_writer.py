@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictionlog import Batch, PredictionLog, Retention, WriterProcess
+from predictionlog import Batch, PredictionLog, Retention, WriterProcess, open_store
 from predictionlog.wire import MAX_MESSAGE, decode, encode
 from tests.support.paths import MODELS, ROOT
+from tests.support.postgres import require_psycopg, running_postgres
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000.0
@@ -258,3 +259,28 @@ def test_sampling_keeps_the_requested_share_deterministically(writer: WriterProc
     half = kept(0.5, 7)
     assert 850 <= sum(half) <= 1150  # binomial(2000, 0.5): 6+ standard deviations
     assert kept(0.5, 7) == half and kept(0.5, 8) != half
+
+
+@pytest.mark.server  # a real PostgreSQL server
+def test_the_writer_logs_to_postgresql_with_retention() -> None:
+    require_psycopg()
+    with running_postgres() as server:
+        url = server.new_database()
+        writer = WriterProcess(url, retention=Retention(None, max_rows=50, max_bytes=None))
+        log = PredictionLog(writer.socket_path)
+        try:
+            for i in range(40):
+                assert log.record(batch(f"pg{i}"))
+            assert log.flush()
+            deadline = time.monotonic() + 15
+            while (figures := log.stats()) is not None and figures["pruned"] < 70:
+                assert time.monotonic() < deadline, figures
+                time.sleep(0.2)
+            with closing(open_store(url)) as store:
+                assert store.count_predictions() == 50
+                got = store.get_prediction("pg39-2")
+                assert got is not None and got.inputs.shape == (30,)
+                assert store.get_prediction("pg0-0") is None  # pruned, oldest first
+        finally:
+            log.close()
+            writer.stop()

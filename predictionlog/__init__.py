@@ -17,8 +17,9 @@ Exceptions (both plain ``Exception`` subclasses)::
     UnknownPrediction  no prediction with that id has been logged
 """
 
-from predictionlog.client import PredictionLog, WriterProcess
+from predictionlog.client import PredictionLog
 from predictionlog.postgres import PostgresStore
+from predictionlog.process import WriterProcess
 from predictionlog.records import Feedback, FeedbackConflict, Prediction, UnknownPrediction
 from predictionlog.retention import Retention, Usage
 from predictionlog.sqlite import SQLiteStore

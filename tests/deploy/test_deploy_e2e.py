@@ -34,7 +34,7 @@ from tests.support.deploy import (
     variable_queries,
 )
 from tests.support.paths import MODELS
-from tests.support.server import free_port, running_server, wait_until_up
+from tests.support.server import free_port, running_server, stop, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -201,12 +201,7 @@ def running_prometheus(binary: str, target_port: int, tmp_path: Path) -> Iterato
         yield prometheus
     finally:
         prometheus.client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 15)
 
 
 def substitute(expr: str, variables: dict[str, str]) -> str:

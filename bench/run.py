@@ -175,11 +175,11 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
 # -- the service under wrk ------------------------------------------------------------------
 def start_server(
-    repository: Path, port: int, log: Path, prediction_log: bool
+    repository: Path, port: int, log: Path, prediction_log: bool, data: Path | None = None
 ) -> subprocess.Popen[bytes]:
     env = {
         "NNSERVE_PREDICTION_LOG": "true" if prediction_log else "false",
-        "NNSERVE_DATA_DIR": str(log.parent / "data"),
+        "NNSERVE_DATA_DIR": str(data or log.parent / "data"),
         **os.environ,
         "NNSERVE_PORT": str(port),
         "NNSERVE_HOST": "127.0.0.1",
@@ -286,12 +286,21 @@ def main() -> None:
         rows += codec_cost(model, min(seconds, 2.0))
     os.sched_setaffinity(0, {0, 1})
 
+    # Off and on back to back per model (a fair A/B on a machine whose speed drifts), each in
+    # a fresh service process: no model's scenarios run in the wake of the previous model's
+    # batch-32 flood. The log's database is kept for the whole run, so it grows as it would.
     modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
     stored: dict[str, float] = {}
-    for mode in modes:
-        served, stored_now = serve(args.repository, models, raw, seconds, mode)
-        rows += served
-        stored.update(stored_now)
+    data = Path(tempfile.mkdtemp(prefix="nnserve-bench-data-"))
+    try:
+        for name, model in models.items():
+            for mode in modes:
+                served, stored_now = serve(args.repository, {name: model}, raw, seconds, mode, data)
+                rows += served
+                stored.update(stored_now)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    rows.sort(key=lambda r: (r.prediction_log != "", r.prediction_log, list(models).index(r.model)))
     write_results(rows, stored)
 
 
@@ -301,6 +310,7 @@ def serve(
     raw: dict[tuple[str, int], float],
     seconds: float,
     mode: str,
+    data: Path,
 ) -> tuple[list[Row], dict[str, float]]:
     """The service scenarios with the prediction log ``mode``; with it on, also the bytes the
     log grew by per prediction logged, per model."""
@@ -308,7 +318,7 @@ def serve(
     stored: dict[str, float] = {}
     port = 18000 + os.getpid() % 1000
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
-    server = start_server(repository, port, work / "server.log", mode == "on")
+    server = start_server(repository, port, work / "server.log", mode == "on", data)
     try:
         for name, model in models.items():
             before = log_figures(port) if mode == "on" else None
@@ -412,7 +422,9 @@ def write_results(rows: list[Row], stored: dict[str, float]) -> None:
         "Service pinned to core 0 (`taskset`; its prediction-log writer process too), wrk on "
         "core 1; raw onnxruntime and codec rows in-process on core 0, one thread. `ratio` = "
         "service samples/s ÷ raw onnxruntime samples/s at the same batch size, same run; "
-        "`log` = the service's prediction log off or on (sampling 1.0).",
+        "`log` = the service's prediction log off or on (sampling 1.0). Per model, a fresh "
+        "service with the log off, then one with it on, back to back; the log's database is "
+        "kept across the models of a run, so it grows as a service's would.",
         "",
         *log_cost(rows, stored),
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "

@@ -52,6 +52,7 @@ bench: $(VENV)/.dev
 		(apt-get update -qq && apt-get install -y -qq wrk)) || \
 		(echo "bench needs wrk: apt-get install wrk" && exit 1)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.scaling $(SCALING_ARGS)
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .

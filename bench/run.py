@@ -175,8 +175,15 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
 # -- the service under wrk ------------------------------------------------------------------
 def start_server(
-    repository: Path, port: int, log: Path, prediction_log: bool, data: Path | None = None
+    repository: Path,
+    port: int,
+    log: Path,
+    prediction_log: bool,
+    data: Path | None = None,
+    cores: str | None = SERVER_CORE,
+    workers: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``python -m service`` on ``cores`` (taskset; None: every core), ready when returned."""
     env = {
         "NNSERVE_PREDICTION_LOG": "true" if prediction_log else "false",
         "NNSERVE_DATA_DIR": str(data or log.parent / "data"),
@@ -187,9 +194,11 @@ def start_server(
         "NNSERVE_LOG_LEVEL": "warning",
         "NNSERVE_POLL_INTERVAL": "0",
         "NNSERVE_INFERENCE_THREADS": "1",
+        **({"NNSERVE_WORKERS": str(workers)} if workers else {}),
     }
+    pinned = ["taskset", "-c", cores] if cores else []
     process = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "service"],
+        [*pinned, sys.executable, "-m", "service"],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),
@@ -215,6 +224,7 @@ def wrk(
     header_length: str,
     concurrency: int,
     seconds: float,
+    core: str | None = CLIENT_CORE,
 ) -> dict[str, float]:
     env = {
         **os.environ,
@@ -224,9 +234,7 @@ def wrk(
     }
     done = subprocess.run(
         [
-            "taskset",
-            "-c",
-            CLIENT_CORE,
+            *(["taskset", "-c", core] if core else []),
             "wrk",
             "-t1",
             f"-c{concurrency}",

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+from predictionlog.counters import Counters
 from predictionlog.retention import Retention
 from predictionlog.store import open_store
 from predictionlog.writer import Writer, log
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         linger=args.linger,
         drift_window=args.drift_window,
         parent=args.parent,
+        counters=Counters(args.socket.with_name(args.socket.name + ".counters")),
     )
     signal.set_wakeup_fd(writer._wake_write.fileno())
     signal.signal(signal.SIGTERM, writer.stop)
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         args.socket.unlink(missing_ok=True)
         log.info(
             "stopped: %d written, %d dropped, %d pruned",
-            writer.written,
-            writer.dropped,
-            writer.pruned,
+            writer.counts["written"],
+            writer.counts["dropped"],
+            writer.counts["pruned"],
         )
     return 0
 

@@ -5,7 +5,9 @@ batch (``wire``) and ``send``s it on a non-blocking Unix socket: the kernel buff
 the writer reads it. When the writer falls behind and the socket is full, messages wait in a
 bounded backlog (sent again as soon as the socket takes them); beyond ``max_pending`` rows
 they are dropped and counted, and a writer that is gone costs rows, never requests. Every
-row recorded is either sent, waiting, or counted in ``dropped``.
+row recorded is either sent, waiting, or counted in ``dropped``; drops are reported to the
+writer as soon as the socket takes a message again, so that its ``dropped`` total (what the
+service exports) counts the drops of every service process once.
 
 :meth:`flush` (everything recorded so far is committed), :meth:`stats` (the writer's
 figures) and :meth:`close` talk to the writer on a second connection, from any thread.
@@ -26,10 +28,13 @@ from typing import Any
 
 import orjson
 
-from predictionlog.wire import CONTROL, DATA, FLUSH, STATS, Batch, encode
+from predictionlog.wire import CONTROL, DATA, FLUSH, STATS, Batch, encode, encode_dropped
 
 logger = logging.getLogger("nnserve.predictionlog")
 
+#: Seconds between attempts to reach a writer that is gone (it is restarted within about
+#: that much by whoever supervises it).
+RETRY_S = 0.2
 #: At most one "dropped" warning per this many seconds (the counter counts every row).
 _DROP_WARNING_INTERVAL = 10.0
 
@@ -54,6 +59,7 @@ class PredictionLog:
         self.max_pending = max_pending
         #: Rows dropped on this side (backlog full, writer gone, message too large).
         self.dropped = 0
+        self._unreported = 0  # of those, not yet reported to the writer
         self.sent = 0  # rows handed to the writer
         self._random = random.Random(seed)
         self._lock = threading.Lock()  # the data socket and the backlog
@@ -101,10 +107,20 @@ class PredictionLog:
     def _send_backlog(self, force: bool = False) -> None:
         """Send what the socket takes now (caller holds ``_lock``); ``force``: reconnect now
         if the writer was gone, not at the next retry time."""
-        while self._backlog:
+        while self._backlog or self._unreported:
             if self._data is None and not self._reconnect(force):
                 return
             assert self._data is not None
+            if self._unreported:
+                try:
+                    self._data.send(encode_dropped(self._unreported))
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self._disconnect(f"the log writer is unreachable ({exc})")
+                    return
+                self._unreported = 0
+                continue
             message, rows = self._backlog[0]
             try:
                 self._data.send(message)
@@ -119,6 +135,7 @@ class PredictionLog:
 
     def _drop(self, n: int, reason: str) -> bool:
         self.dropped += n
+        self._unreported += n
         now = time.monotonic()
         if now - self._last_warning >= _DROP_WARNING_INTERVAL:
             self._last_warning = now
@@ -147,7 +164,7 @@ class PredictionLog:
         try:
             self._connect()
         except OSError:
-            self._retry_at = time.monotonic() + 1.0
+            self._retry_at = time.monotonic() + RETRY_S
             return False
         return True
 
@@ -157,7 +174,7 @@ class PredictionLog:
             if sock is not None:
                 sock.close()
         self._data = self._control = None
-        self._retry_at = time.monotonic() + 1.0
+        self._retry_at = time.monotonic() + RETRY_S
         logger.warning("prediction log: %s; reconnecting", reason)
 
     # -- control -----------------------------------------------------------------------------
@@ -186,7 +203,7 @@ class PredictionLog:
             with self._lock:
                 self._send_backlog(force=True)
                 connected = self._data is not None and self._control is not None
-                done = connected and not self._backlog
+                done = connected and not self._backlog and not self._unreported
                 data = self._data
             if done:
                 break
@@ -210,8 +227,12 @@ class PredictionLog:
         self.flush(timeout)
         with self._lock:
             self._closed = True
-            if self._backlog_rows:
+            if self._backlog_rows or self._unreported:
                 self._drop(self._backlog_rows, "closing before the writer took them")
+                logger.warning(
+                    "prediction log: %d dropped rows not counted by the writer (closing)",
+                    self._unreported,
+                )
             for sock in (self._data, self._control):
                 if sock is not None:
                     sock.close()

@@ -48,6 +48,7 @@ _SCHEMA = (
         label TEXT NOT NULL,
         time DOUBLE PRECISION NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time)",
 )
 
 

@@ -124,6 +124,17 @@ class SQLStore:
         assert row is not None
         return int(row[0])
 
+    def recent_outcomes(self, model: str, version: int, window: int) -> tuple[int, int]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql(
+                    "SELECT p.label = f.label FROM feedback f JOIN predictions p ON p.id = f.id "
+                    "WHERE p.model = ? AND p.version = ? ORDER BY f.time DESC LIMIT ?"
+                ),
+                (model, version, window),
+            ).fetchall()
+        return sum(1 for (right,) in rows if right), len(rows)
+
     # -- retention -------------------------------------------------------------------------
     def _live_bytes(self, conn: Any, rows: int) -> int:
         raise NotImplementedError

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     label TEXT NOT NULL,
     time REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time);
 """
 
 

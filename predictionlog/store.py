@@ -71,6 +71,11 @@ class Store(Protocol):
         """How many predictions are logged (of ``model``, or of all models)."""
         ...
 
+    def recent_outcomes(self, model: str, version: int, window: int) -> tuple[int, int]:
+        """(right, labelled) over the last ``window`` feedback labels of one model version:
+        live accuracy, the same whichever service process or replica asks."""
+        ...
+
     def close(self) -> None:
         """Release the connection(s). Idempotent."""
         ...

@@ -25,12 +25,13 @@ import orjson
 
 from predictionlog.records import STORED_DTYPE, Row
 
-BATCH, FLUSH, STATS = b"B", b"F", b"S"
+BATCH, FLUSH, STATS, DROPPED = b"B", b"F", b"S", b"X"
 #: What a connection says first: it sends batches, or it asks (flush, stats).
 DATA, CONTROL = b"D", b"C"
 #: Largest message either side sends or accepts; bigger batches are split into several.
 MAX_MESSAGE = 64 * 1024
 _HEAD = struct.Struct("<cI")  # kind, length of the JSON head
+_DROPPED = struct.Struct("<cQ")  # kind, rows
 
 
 class Batch(NamedTuple):
@@ -108,6 +109,17 @@ def _message(
     return b"".join((_HEAD.pack(BATCH, len(head)), head, inputs.data, outputs.data))
 
 
+def encode_dropped(rows: int) -> bytes:
+    return _DROPPED.pack(DROPPED, rows)
+
+
+def decode_dropped(message: bytes) -> int:
+    try:
+        return int(_DROPPED.unpack(message)[1])
+    except struct.error as exc:
+        raise ValueError(f"malformed dropped message: {exc}") from exc
+
+
 def decode(message: bytes) -> Batch:
     """The inverse of :func:`encode` for one message; ``ValueError`` for anything malformed."""
     try:
@@ -135,5 +147,6 @@ def decode(message: bytes) -> Batch:
 
 
 __all__ = [
-    "BATCH", "CONTROL", "DATA", "FLUSH", "MAX_MESSAGE", "STATS", "Batch", "decode", "encode",
+    "BATCH", "CONTROL", "DATA", "DROPPED", "FLUSH", "MAX_MESSAGE", "STATS", "Batch", "decode",
+    "decode_dropped", "encode", "encode_dropped",
 ]  # fmt: skip

@@ -13,6 +13,8 @@ It stops on SIGTERM or SIGINT, and when the process that started it is gone: eit
 first reads what is left on every connection and commits it. Killed with SIGKILL, it loses
 the rows received in its last ``linger`` window (at most 20 ms, or 128 rows) and those still
 in socket buffers; SQLite's WAL and PostgreSQL's transactions keep the store itself intact.
+Its totals (written, dropped, pruned) live in a file beside the socket (``counters``): a
+writer started again on the same socket continues them.
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ import numpy as np
 import orjson
 
 from modelrepo import read_card
+from predictionlog.counters import Counters
 from predictionlog.drift import Drift
 from predictionlog.records import Row
 from predictionlog.retention import Retention, Usage
 from predictionlog.store import Store
-from predictionlog.wire import BATCH, CONTROL, DATA, FLUSH, MAX_MESSAGE, STATS, Batch, decode
+from predictionlog.wire import (
+    BATCH,
+    CONTROL,
+    DATA,
+    DROPPED,
+    FLUSH,
+    MAX_MESSAGE,
+    STATS,
+    Batch,
+    decode,
+    decode_dropped,
+)  # fmt: skip
 
 log = logging.getLogger("nnserve.predictionlog.writer")
 #: Messages read between two offers of the CPU to other processes.
@@ -56,6 +70,7 @@ class Writer:
         drift_window: int = 2000,
         prune_interval: float = 1.0,
         parent: int | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.store = store
         self.listener = listener
@@ -78,7 +93,8 @@ class Writer:
         self.committed_inputs: dict[tuple[str, int], list[np.ndarray]] = {}
         self.pending_since = 0.0
         self.drift: dict[tuple[str, int], Drift | None] = {}
-        self.written = self.dropped = self.pruned = self.malformed = 0
+        #: written, dropped (here and reported by the services), pruned, malformed
+        self.counts = counters or Counters()
         self.received = 0  # batch messages
 
         self.next_drift = 0.0
@@ -156,6 +172,11 @@ class Writer:
             kind = message[:1]
             if kind == BATCH:
                 self._add(message)
+            elif kind == DROPPED:  # rows a service could not send (its backlog was full)
+                try:
+                    self.counts.add("dropped", decode_dropped(message))
+                except ValueError:
+                    self.counts.add("malformed", 1)
             elif kind == DATA:  # from now on polled, not watched
                 self.selector.unregister(conn)
                 self.data.add(conn)
@@ -165,11 +186,12 @@ class Writer:
                 self._drain_all()
                 self._commit()
                 self._drift_now()
-                self._answer(conn, {"written": self.written, "dropped": self.dropped})
+                self._answer(conn, {"written": self.counts["written"],
+                                    "dropped": self.counts["dropped"]})  # fmt: skip
             elif kind == STATS:
                 self._answer(conn, self.stats())
             else:
-                self.malformed += 1
+                self.counts.add("malformed", 1)
 
     def _read_data(self, limit: int) -> bool:
         """Up to ``limit`` messages from each data connection, in short bursts: between
@@ -224,7 +246,7 @@ class Writer:
         try:
             batch = decode(message)
         except ValueError as exc:
-            self.malformed += 1
+            self.counts.add("malformed", 1)
             log.error("ignoring a malformed batch message: %s", exc)
             return
         self.received += 1
@@ -264,7 +286,7 @@ class Writer:
         try:
             self.store.write_rows(rows, pause=self._pause)
         except Exception as exc:
-            self.dropped += len(rows)
+            self.counts.add("dropped", len(rows))
             self.pending_inputs = {}  # rows not written do not count for drift either
             log.error("writing %d predictions to the log failed; dropped: %s", len(rows), exc)
             return
@@ -272,7 +294,7 @@ class Writer:
         for key, inputs in self.pending_inputs.items():
             self.committed_inputs.setdefault(key, []).extend(inputs)
         self.pending_inputs = {}
-        self.written += len(rows)
+        self.counts.add("written", len(rows))
         # until a measurement says better: a row's blobs and id, plus what a row costs besides
         self._grew(len(rows), sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows))
         if time.monotonic() >= self.next_drift:  # vectorized over many commits' rows
@@ -294,7 +316,7 @@ class Writer:
             return
         try:
             while (removed := self.retention.step(self.store, self.usage)) > 0:
-                self.pruned += removed
+                self.counts.add("pruned", removed)
                 self._grew(-removed)
                 if self.pending or self.selector.select(0):
                     break
@@ -318,10 +340,7 @@ class Writer:
     def stats(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "written": self.written,
-            "dropped": self.dropped,
-            "pruned": self.pruned,
-            "malformed": self.malformed,
+            **self.counts.as_dict(),
             "rows": self.usage.rows,
             "bytes": self.usage.bytes,
             "oldest": self.usage.oldest,

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,9 +19,10 @@ from fastapi import FastAPI
 from service.dataplane import DataPlane, PredictionRecorder
 from service.http.app import ServiceApp, build
 from service.http.state import EdgeState
-from service.journal import Journal
+from service.journal import Journal, writer_socket
 from service.observability.metrics import Metrics
 from service.observability.quality import Quality
+from service.repository.control import ModelControl
 from service.repository.registry import Registry
 from service.settings import Settings
 
@@ -27,42 +30,53 @@ log = logging.getLogger("nnserve.app")
 
 
 def create_app(settings: Settings | None = None) -> ServiceApp:
+    """The service as one ASGI app. With ``settings.run_dir`` (set by ``python -m service``
+    for its workers) it is one worker of several: it attaches to the log writer the process
+    manager runs, shares model control and metrics with the other workers."""
     settings = settings or Settings()
-    metrics = Metrics()
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if settings.run_dir else None
+    metrics = Metrics(multiprocess=Path(shared) if shared else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
         quality = Quality(settings.accuracy_window)
         metrics.collected.quality = quality
-        journal = (
-            await asyncio.to_thread(Journal.open, settings) if settings.prediction_log else None
-        )
-        if journal is not None:
+        run_dir = settings.run_dir
+        journal = None
+        if settings.prediction_log:
+            journal = await asyncio.to_thread(
+                *(Journal.attach, settings, writer_socket(run_dir)) if run_dir
+                else (Journal.open, settings)
+            )  # fmt: skip
             metrics.collected.log = journal.log
             metrics.collected.limits = journal.limits()
+            quality.store = journal.store
+        control = ModelControl(run_dir / "control" if run_dir else None)
         registry = Registry(
             settings.model_repository,
             metrics,
             settings.model_policy(),
             executor,
-            threads=settings.session_threads,
+            threads=settings.intra_op_threads(),
             self_check=settings.self_check,
             drain_timeout_s=settings.drain_timeout,
             on_load=quality.track,
             on_unload=quality.forget,
             on_run=PredictionRecorder(journal.log) if journal is not None else None,
+            control=control,
         )
         await registry.sync()
+        control.acknowledge()
         gc.freeze()  # what startup built lives as long as the process: keep it out of GC passes
         tasks = []
         if settings.poll_interval > 0:
             tasks.append(asyncio.create_task(registry.poll(settings.poll_interval)))
         if journal is not None:
             tasks.append(asyncio.create_task(journal.supervise()))
+        tasks.append(asyncio.create_task(control.watch(registry.apply)))
         plane = DataPlane(
             registry,
-            quality,
             journal.log if journal else None,
             journal.store if journal else None,
             settings.retention().describe() if journal else "",
@@ -70,6 +84,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         try:
             yield {"nnserve": EdgeState(settings, metrics, plane)}
         finally:
+            control.forget()
             for task in tasks:
                 task.cancel()
             await registry.close()

@@ -19,7 +19,6 @@ from predictionlog import Batch, Feedback, FeedbackConflict, PredictionLog, Stor
 from predictionlog import UnknownPrediction as NotInStore
 from service.context import RequestContext
 from service.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady, UnknownPrediction
-from service.observability.quality import Quality
 from service.repository.registry import Registry, ServedVersion, VersionState
 from service.runtime.batcher import Result
 from service.runtime.model import ServedModel
@@ -48,10 +47,16 @@ class PredictionRecorder:
         )
 
 
+#: How long feedback waits for a prediction id it cannot find yet. This process's own rows
+#: are flushed before the look-up; another worker's are in the writer already (flushed too),
+#: or, while the writer restarts, in that worker's backlog, sent within 0.2 s of the writer
+#: being back; another replica's writer commits within its linger window (20 ms).
+JOIN_WAIT_S = 2.0
+
+
 @dataclass
 class DataPlane:
     registry: Registry
-    quality: Quality
     log: PredictionLog | None = None
     store: Store | None = None
     #: The prediction log's retention bounds, in words (for "unknown prediction" answers).
@@ -105,8 +110,12 @@ class DataPlane:
         newest = self.registry.newest(model)
         labels = newest.card.labels if newest is not None else []
         checked = []
+        deadline = time.monotonic() + JOIN_WAIT_S
         for number, (prediction_id, label) in enumerate(pairs):
             prediction = store.get_prediction(prediction_id)
+            while prediction is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # another replica's writer may still be committing it
+                prediction = store.get_prediction(prediction_id)
             if prediction is None:
                 raise UnknownPrediction(
                     f"feedback {number}: unknown prediction id {prediction_id!r}: not logged "
@@ -135,9 +144,10 @@ class DataPlane:
                 raise UnknownPrediction(f"unknown prediction id {prediction.id!r}: {exc}") from None
             if new:
                 recorded += 1
-                self.quality.feedback(
-                    prediction.model, prediction.version, prediction.label == label
-                )
+                outcome = "correct" if prediction.label == label else "incorrect"
+                self.registry.metrics.feedback.labels(
+                    prediction.model, str(prediction.version), outcome
+                ).inc()
             else:
                 duplicates += 1
         return {"recorded": recorded, "duplicates": duplicates}

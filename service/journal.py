@@ -1,11 +1,17 @@
 """The prediction log as the service runs it: the writer process, this process's connection
-to it, and the store it reads feedback joins from. Started and stopped by the lifespan."""
+to it, and the store it reads feedback joins from.
+
+With worker processes (``python -m service``), the process manager starts the ONE writer
+process before the workers (:func:`start_writer`) and keeps it running; each worker's
+lifespan attaches to it (:meth:`Journal.attach`). A service built in-process (tests,
+``create_app`` without a run folder) starts its own writer (:meth:`Journal.open`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from predictionlog import PredictionLog, Store, WriterProcess, open_store
 from service.settings import Settings
@@ -13,40 +19,73 @@ from service.settings import Settings
 log = logging.getLogger("nnserve.journal")
 
 
+def writer_socket(run_dir: Path) -> Path:
+    return run_dir / "log.sock"
+
+
+def start_writer(settings: Settings, socket_path: Path | None = None) -> WriterProcess:
+    """The log writer process (it creates the store); ready when this returns."""
+    return WriterProcess(
+        settings.prediction_log_store(),
+        repository=settings.model_repository,
+        retention=settings.retention(),
+        drift_window=settings.drift_window,
+        socket_path=socket_path,
+        log_level=settings.log_level,
+    )
+
+
+def restart_if_gone(writer: WriterProcess, settings: Settings) -> WriterProcess:
+    """``writer``, or a new one on the same socket if it exited (its totals continue)."""
+    code = writer.process.poll()
+    if code is None:
+        return writer
+    log.error("the prediction log writer exited (status %s); starting it again", code)
+    try:
+        return start_writer(settings, writer.socket_path)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return writer
+
+
 @dataclass
 class Journal:
     settings: Settings
-    writer: WriterProcess
+    #: The writer process when this process owns it (None: the process manager does).
+    writer: WriterProcess | None
     log: PredictionLog
     store: Store
 
     @classmethod
     def open(cls, settings: Settings) -> Journal:
-        """Start the writer process (it creates the store), connect, open the store."""
-        url = settings.prediction_log_store()
-        writer = cls._start(settings)
+        """Start a writer process of this process's own, connect, open the store."""
+        writer = start_writer(settings)
         try:
-            client = PredictionLog(
-                writer.socket_path,
-                sample=settings.prediction_log_sample,
-                max_pending=settings.prediction_log_queue,
-            )
-            store = open_store(url)
+            return cls._connect(settings, writer.socket_path, writer)
         except BaseException:
             writer.stop()
             raise
-        return cls(settings, writer, client, store)
 
-    @staticmethod
-    def _start(settings: Settings, socket_path: object = None) -> WriterProcess:
-        return WriterProcess(
-            settings.prediction_log_store(),
-            repository=settings.model_repository,
-            retention=settings.retention(),
-            drift_window=settings.drift_window,
-            socket_path=socket_path,  # type: ignore[arg-type]
-            log_level=settings.log_level,
+    @classmethod
+    def attach(cls, settings: Settings, socket_path: Path) -> Journal:
+        """Connect to the writer the process manager runs for every worker."""
+        return cls._connect(settings, socket_path, None)
+
+    @classmethod
+    def _connect(
+        cls, settings: Settings, socket_path: Path, writer: WriterProcess | None
+    ) -> Journal:
+        client = PredictionLog(
+            socket_path,
+            sample=settings.prediction_log_sample,
+            max_pending=settings.prediction_log_queue,
         )
+        try:
+            store = open_store(settings.prediction_log_store())
+        except BaseException:
+            client.close()
+            raise
+        return cls(settings, writer, client, store)
 
     def limits(self) -> dict[str, float]:
         retention = self.settings.retention()
@@ -60,32 +99,26 @@ class Journal:
             if value is not None
         }
 
-    async def supervise(self, interval: float = 1.0) -> None:
+    async def supervise(self, interval: float = 0.2) -> None:
         """Sends what waits in the backlog once the writer catches up; a writer that exits
         unexpectedly is started again on the same socket (meanwhile rows wait in the
         backlog, or are dropped and counted once it is full)."""
         while True:
             await asyncio.sleep(interval)
             self.log.send_backlog()
-            code = self.writer.process.poll()
-            if code is None:
-                continue
-            log.error("the prediction log writer exited (status %s); starting it again", code)
-            try:
-                self.writer = await asyncio.to_thread(
-                    self._start, self.settings, self.writer.socket_path
-                )
-            except RuntimeError as exc:
-                log.error("%s", exc)
+            if self.writer is not None and self.writer.process.poll() is not None:
+                self.writer = await asyncio.to_thread(restart_if_gone, self.writer, self.settings)
 
     def close(self) -> None:
-        """Flush what was accepted, stop the writer (it commits and exits), close the store."""
+        """Flush what was accepted, stop the writer if it is this process's (it commits and
+        exits), close the store."""
         self.log.close()
         figures = self.log.last_stats or {}
-        self.writer.stop(self.settings.drain_timeout or 30.0)
+        if self.writer is not None:
+            self.writer.stop(self.settings.drain_timeout or 30.0)
         self.store.close()
         log.info(
             "prediction log closed: %d written, %d dropped",
             figures.get("written", 0),
-            figures.get("dropped", 0) + self.log.dropped,
+            figures.get("dropped", 0),
         )

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from predictionlog import Retention
+from service.cpus import usable_cpus, worker_count
 from service.repository.policy import ModelPolicy, VersionPolicy, check_policy
 from service.runtime.batcher import BatchConfig
 
@@ -25,10 +26,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     #: Bearer token of the management API (repository extension); unset = API off (403).
     admin_token: SecretStr | None = None
-    #: onnxruntime intra-op threads per session (1 suits many small requests best).
-    session_threads: int = Field(default=1, ge=1)
-    #: Threads running onnxruntime batches (each model version runs one batch at a time).
+    #: Worker processes serving requests (one event loop each), or ``auto``: one per CPU this
+    #: process may use (``os.sched_getaffinity``).
+    workers: int | Literal["auto"] = "auto"
+    #: onnxruntime intra-op threads per session; unset: the usable CPUs divided among the
+    #: workers (so that workers x threads <= CPUs), at least 1.
+    session_threads: int | None = Field(default=None, ge=1)
+    #: Threads per worker running onnxruntime batches (each model version runs one batch at
+    #: a time, so this bounds how many versions run at once in one worker).
     inference_threads: int = Field(default=2, ge=1)
+    #: Folder the process manager shares with its workers (log-writer socket, metrics files,
+    #: model-control state); set by ``python -m service`` for its workers, not by users.
+    run_dir: Path | None = None
     #: Compare reference outputs from model.json at load time (the self-check).
     self_check: bool = True
     #: Which versions of each model to serve: latest:N, all, or specific:V1,V2,...
@@ -67,6 +76,12 @@ class Settings(BaseSettings):
     accuracy_window: int = Field(default=500, ge=1)
     #: Recent inputs (rows / time steps) per model version compared with the training split.
     drift_window: int = Field(default=2000, ge=1)
+
+    def worker_count(self) -> int:
+        return worker_count(self.workers)
+
+    def intra_op_threads(self) -> int:
+        return self.session_threads or max(1, usable_cpus() // self.worker_count())
 
     @field_validator("version_policy")
     @classmethod

@@ -46,12 +46,14 @@ class RequestObserver:
         self._ids = count(1)
         self._id_prefix = os.urandom(4).hex()
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
-        # in-flight counts are plain ints, read by the gauge at scrape time (no lock per request)
+        # in-flight counts are plain ints, read by the gauge at scrape time (no lock per
+        # request); with worker processes the gauge's shared file is what a scrape reads
         self._in_flight = dict.fromkeys(("v1", "v2", "metrics", "other"), 0)
-        for protocol in self._in_flight:
-            metrics.in_flight.labels(protocol).set_function(
-                functools.partial(self._in_flight.__getitem__, protocol)
-            )
+        self._shared = {p: metrics.in_flight.labels(p) for p in self._in_flight}
+        if not metrics.multiprocess:
+            for protocol, child in self._shared.items():
+                child.set_function(functools.partial(self._in_flight.__getitem__, protocol))
+            self._shared = {}
 
     def _request_id(self, scope: Scope) -> str:
         for key, value in scope["headers"]:
@@ -86,6 +88,8 @@ class RequestObserver:
         record = Exchange(rid, protocol)
         scope["nnserve"] = record
         self._in_flight[protocol] += 1
+        if self._shared:
+            self._shared[protocol].inc()
         status = 500
         response_started = False
         rid_header = (b"x-request-id", rid.encode())
@@ -119,6 +123,8 @@ class RequestObserver:
                 await send({"type": "http.response.body", "body": body})
         finally:
             self._in_flight[protocol] -= 1
+            if self._shared:
+                self._shared[protocol].dec()
             seconds = time.perf_counter() - started
             self._observe(protocol, record.model, record.version, status, seconds)
             if status >= 400 and status != 500:

@@ -46,7 +46,7 @@ def configure(level: str, fmt: str) -> None:
         if fmt == "json"
         else TextFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
-    for name in ("nnserve", "modelrepo", "uvicorn", "uvicorn.error"):
+    for name in ("nnserve", "modelrepo", "uvicorn", "uvicorn.error", "gunicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

@@ -7,9 +7,11 @@ tests can build many apps in one process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -60,8 +63,8 @@ class Collected:
         self.quality: Quality | None = None
         self.log: PredictionLog | None = None
         self.limits: dict[str, float] = {}  # max_bytes, max_rows, max_age_seconds when bounded
-        # the writer's counters restart with it: totals carry over what earlier ones counted
-        self._carried = dict.fromkeys(("written", "dropped", "pruned"), 0)
+        #: the writer's last answer: its totals survive its restarts (``Counters``), so a
+        #: scrape while it restarts repeats them rather than going back to zero
         self._last: dict[str, Any] = {}
 
     def describe(self) -> Iterator[Metric]:
@@ -74,16 +77,9 @@ class Collected:
         if self.log is None:
             return None
         figures = self.log.stats(timeout=1.0)
-        if figures is None:
-            return None
-        if self._last and figures.get("pid") != self._last.get("pid"):
-            for key in self._carried:
-                self._carried[key] += self._last.get(key, 0)
-        self._last = figures
-        return {
-            **figures,
-            **{key: figures.get(key, 0) + base for key, base in self._carried.items()},
-        }
+        if figures is not None:
+            self._last = figures
+        return figures
 
     def _families(self, live: bool) -> Iterator[Metric]:
         def counter(name: str, text: str, labels: list[str] | None = None) -> CounterMetricFamily:
@@ -112,11 +108,6 @@ class Collected:
             "The prediction log's retention bounds, by kind (bytes, rows, age_seconds)",
             ["kind"],
         )
-        feedback = counter(
-            "feedback",
-            "Feedback labels received, by whether the prediction was right",
-            [*mv, "outcome"],
-        )
         accuracy = gauge(
             "live_accuracy", "Accuracy over the last feedback labels (sliding window)", mv
         )
@@ -128,9 +119,9 @@ class Collected:
         )
         figures = self._writer_figures() if live else None
         if live and self.log is not None:
-            base = figures or {**self._last, **self._carried}
+            base = figures or self._last
             written.add_metric([], base.get("written", 0))
-            dropped.add_metric([], base.get("dropped", 0) + self.log.dropped)
+            dropped.add_metric([], base.get("dropped", 0))
             pruned.add_metric([], base.get("pruned", 0))
             for kind, value in self.limits.items():
                 limit.add_metric([kind], value)
@@ -141,8 +132,6 @@ class Collected:
                 oldest.add_metric([], max(0.0, time.time() - figures["oldest"]))
         if live and self.quality is not None:
             serving = self.quality.serving
-            for (model, version, outcome), n in list(self.quality.feedback_counts.items()):
-                feedback.add_metric([model, str(version), outcome], n)
             for model, version, value, n in self.quality.accuracy():
                 accuracy.add_metric([model, str(version)], value)
                 window.add_metric([model, str(version)], n)
@@ -150,17 +139,30 @@ class Collected:
                 if (model, version) in serving:
                     drift.add_metric([model, str(version), feature], psi)
         yield from (written, dropped, pruned, size, rows, oldest, limit)
-        yield from (feedback, accuracy, window, drift)
+        yield from (accuracy, window, drift)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``multiprocess``: the folder prometheus_client's multiprocess mode keeps its files in
+    (``PROMETHEUS_MULTIPROC_DIR``, set before prometheus_client is imported): with several
+    worker processes, each writes its values there and a scrape of any worker sums them."""
+
+    def __init__(self, multiprocess: Path | None = None) -> None:
+        self.multiprocess = multiprocess
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
         self.collected = Collected()
-        registry.register(self.collected)
+        if multiprocess is None:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+            registry.register(self.collected)
+            self._scraped = registry
+        else:  # what a scrape renders: every worker's files, and the service-wide figures
+            self._scraped = CollectorRegistry(auto_describe=False)
+            collector = MultiProcessCollector(None, multiprocess)  # type: ignore[no-untyped-call]
+            self._scraped.register(ServingOnly(collector, self))
+            self._scraped.register(self.collected)
+            self._scraped.register(ServiceProcesses())
         mv = ["model", "version"]
         self.requests = Counter(
             "nnserve_requests",
@@ -181,6 +183,7 @@ class Metrics:
             "Requests being handled now",
             ["protocol"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.queue_duration = Histogram(
             "nnserve_queue_duration_seconds",
@@ -213,24 +216,39 @@ class Metrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "nnserve_queue_depth", "Samples waiting for inference", mv, registry=registry
+            "nnserve_queue_depth",
+            "Samples waiting for inference",
+            mv,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.predictions = Counter(
             "nnserve_predictions", "Predicted class labels", [*mv, "label"], registry=registry
         )
         self.models_loaded = Gauge(
-            "nnserve_models_loaded", "Model versions loaded and serving", registry=registry
+            "nnserve_models_loaded",
+            "Model versions loaded and serving",
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.load_duration = Gauge(
             "nnserve_model_load_duration_seconds",
             "Time the last load of a version took (checks included)",
             mv,
             registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self.load_failures = Counter(
             "nnserve_model_load_failures",
-            "Versions refused at load time, by reason",
+            "Versions refused at load time, by reason (each worker process checks, and counts, "
+            "for itself)",
             ["model", "reason"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "nnserve_feedback",
+            "Feedback labels received, by whether the prediction was right",
+            [*mv, "outcome"],
             registry=registry,
         )
         self.model_info = Gauge(
@@ -238,6 +256,7 @@ class Metrics:
             "1 for each version serving, with its provenance as labels",
             [*mv, "kind", "sha256", "dataset", "test_accuracy"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
 
     # -- model lifecycle -------------------------------------------------------------------
@@ -264,6 +283,8 @@ class Metrics:
 
     def version_unloaded(self, card: ModelCard) -> None:
         self.models_loaded.dec()
+        if self.multiprocess is not None:
+            return  # no removal in multiprocess mode: a scrape shows serving versions only
         self.queue_depth.remove(card.name, str(card.version))
         self.model_info.remove(
             card.name,
@@ -292,7 +313,70 @@ class Metrics:
                     children.classes[index].inc(int(count))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._scraped)
+
+
+#: Gauges about one model version, shown only while it serves.
+_VERSION_GAUGES = frozenset(
+    ("nnserve_queue_depth", "nnserve_model_info", "nnserve_model_load_duration_seconds")
+)
+
+
+class ServingOnly:
+    """Multiprocess mode keeps a retired version's gauge values in the workers' files (it
+    cannot remove them): drop those of versions the scraped worker no longer serves."""
+
+    def __init__(self, inner: MultiProcessCollector, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        quality = self.metrics.collected.quality
+        serving = {(m, str(v)) for m, v in quality.serving} if quality else set()
+        for metric in self.inner.collect():  # type: ignore[no-untyped-call]
+            if metric.name in _VERSION_GAUGES:
+                metric.samples = [
+                    s for s in metric.samples
+                    if (s.labels.get("model"), s.labels.get("version")) in serving
+                ]  # fmt: skip
+            yield metric
+
+
+class ServiceProcesses:
+    """``process_cpu_seconds_total`` and ``process_resident_memory_bytes`` of the whole
+    service (the process manager, its workers and the log writer), where a single process's
+    would describe one worker. The CPU total restarts lower when a worker is replaced (what
+    ``rate()`` handles as a counter reset)."""
+
+    def collect(self) -> Iterator[Metric]:
+        parent = os.getppid()
+        pids = [parent, *_children(parent)]
+        cpu = rss = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / _TICKS
+            rss += int(fields[21]) * _PAGE
+        yield CounterMetricFamily(
+            "process_cpu_seconds", "CPU time of the service's processes, in seconds", cpu
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the service's processes", rss
+        )
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
 
 
 __all__ = ["CONTENT_TYPE", "Metrics", "VersionMetrics"]

@@ -1,46 +1,37 @@
-"""Model quality in production, per model version: live accuracy from feedback (kept here)
-and input drift (computed by the prediction-log writer over the rows it writes, and read
-from its figures at scrape time). Fed by the feedback path; read by the metrics collector."""
+"""Model quality in production, per model version: live accuracy over the last feedback
+labels, read from the prediction log's store at scrape time (so every worker process and
+every replica sharing the store reports the same figure), and input drift (computed by the
+prediction-log writer over the rows it writes, read from its figures at scrape time)."""
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-
 from modelrepo import ModelCard
+from predictionlog import Store
 
 
 class Quality:
-    """Per-version live accuracy (sliding window of feedback), and which versions serve."""
+    """Which versions serve (only theirs are exported: a retired version's series end with
+    it), and their live accuracy from the store."""
 
-    def __init__(self, accuracy_window: int = 500) -> None:
+    def __init__(self, accuracy_window: int = 500, store: Store | None = None) -> None:
         self.accuracy_window = accuracy_window
-        self.outcomes: dict[tuple[str, int], deque[bool]] = {}
-        self.feedback_counts: dict[tuple[str, int, str], int] = {}
-        #: Versions serving now: their series are exported, a retired version's end with it.
+        self.store = store
         self.serving: set[tuple[str, int]] = set()
-        self.lock = threading.Lock()
 
     def track(self, card: ModelCard) -> None:
         self.serving.add((card.name, card.version))
 
     def forget(self, card: ModelCard) -> None:
-        """A retired version: its drift and accuracy series end with it."""
-        key = (card.name, card.version)
-        self.serving.discard(key)
-        with self.lock:
-            self.outcomes.pop(key, None)
-            for outcome in ("correct", "incorrect"):
-                self.feedback_counts.pop((*key, outcome), None)
-
-    def feedback(self, model: str, version: int, correct: bool) -> None:
-        with self.lock:
-            window = self.outcomes.setdefault((model, version), deque(maxlen=self.accuracy_window))
-            window.append(correct)
-            key = (model, version, "correct" if correct else "incorrect")
-            self.feedback_counts[key] = self.feedback_counts.get(key, 0) + 1
+        self.serving.discard((card.name, card.version))
 
     def accuracy(self) -> list[tuple[str, int, float, int]]:
-        """(model, version, accuracy over the window, window size)."""
-        with self.lock:
-            return [(m, v, sum(w) / len(w), len(w)) for (m, v), w in self.outcomes.items() if w]
+        """(model, version, accuracy over the window, labels in the window) of each serving
+        version with feedback."""
+        if self.store is None:
+            return []
+        figures = []
+        for model, version in sorted(self.serving):
+            right, labelled = self.store.recent_outcomes(model, version, self.accuracy_window)
+            if labelled:
+                figures.append((model, version, right / labelled, labelled))
+        return figures

@@ -19,6 +19,7 @@ from pathlib import Path
 from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, RepositoryError, scan, version_dir
 from service.errors import LoadError, ModelNotFound, ModelNotReady
 from service.observability.metrics import Metrics, VersionMetrics
+from service.repository.control import ModelControl
 from service.repository.policy import ModelPolicy, read_policy
 from service.runtime.batcher import Batcher, RunHook
 from service.runtime.model import ServedModel
@@ -85,6 +86,7 @@ class Registry:
         on_load: Callable[[ModelCard], None] | None = None,
         on_unload: Callable[[ModelCard], None] | None = None,
         on_run: RunHook | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self.root = root
         self.metrics = metrics
@@ -99,7 +101,9 @@ class Registry:
         self.served: dict[str, dict[int, ServedVersion]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
-        self.unloaded: set[str] = set()  # unloaded through the management API
+        #: unloaded through the management API, in this or another worker of the service
+        self.control = control or ModelControl()
+        self.unloaded: set[str] = set(self.control.unloaded)
         self.found: dict[str, list[int]] = {}
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -223,8 +227,8 @@ class Registry:
 
     # -- management --------------------------------------------------------------------------
     async def load(self, name: str) -> None:
-        self.unloaded.discard(name)
-        await self.sync(only=name)
+        """Serve ``name`` again, in every worker of the service before this returns."""
+        await self._change(name, unloaded=False)
         if name not in self.found:
             raise ModelNotFound(f"no model {name!r} in the repository")
         if not self.served.get(name):
@@ -234,8 +238,21 @@ class Registry:
     async def unload(self, name: str) -> None:
         if name not in self.served and name not in self.found:
             raise ModelNotFound(f"unknown model {name!r}")
-        self.unloaded.add(name)
-        await self.sync(only=name)
+        await self._change(name, unloaded=True)
+
+    async def _change(self, name: str, unloaded: bool) -> None:
+        generation = await asyncio.to_thread(self.control.change, name, unloaded)
+        await self.apply(self.control.unloaded, name)
+        self.control.acknowledge()
+        await self.control.wait_for(generation, timeout=max(30.0, self.drain_timeout_s))
+
+    async def apply(self, unloaded: frozenset[str], named: str = "") -> None:
+        """Serve what the management state says: ``unloaded`` models not at all, and the
+        ``named`` model's versions as the repository has them now."""
+        changed = (self.unloaded ^ unloaded) | ({named} if named else set())
+        self.unloaded = set(unloaded)
+        for name in sorted(changed):
+            await self.sync(only=name)
 
     def index(self) -> list[VersionState]:
         states = []

@@ -220,7 +220,7 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
     started = time.monotonic()
     repository = repository_with_a_refused_version(tmp_path)
     with (
-        running_server(repository, tmp_path) as server,
+        running_server(repository, tmp_path, NNSERVE_WORKERS="2") as server,
         running_prometheus(binary, server.port, tmp_path) as prometheus,
     ):
         prometheus.wait_for(

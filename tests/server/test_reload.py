@@ -67,7 +67,9 @@ def test_no_request_fails_while_ten_versions_are_swapped_in(tmp_path: Path) -> N
         await asyncio.gather(*clients)
         return lag
 
-    with running_server(root, tmp_path, NNSERVE_POLL_INTERVAL=str(poll)) as server:
+    with running_server(
+        root, tmp_path, NNSERVE_POLL_INTERVAL=str(poll), NNSERVE_WORKERS="2"
+    ) as server:
         lag = asyncio.run(scenario(server))
         load_seconds = value(
             parse(httpx.get(f"{server.url}/metrics").text),
@@ -89,7 +91,7 @@ def test_no_request_fails_while_ten_versions_are_swapped_in(tmp_path: Path) -> N
 
 def test_bad_versions_are_refused_while_the_old_one_serves(tmp_path: Path) -> None:
     root = copy_models(tmp_path, "breast-cancer-ann")
-    with running_server(root, tmp_path, NNSERVE_POLL_INTERVAL="0.1") as server:
+    with running_server(root, tmp_path, NNSERVE_POLL_INTERVAL="0.1", NNSERVE_WORKERS="2") as server:
         assert served_version(server) == "1"
         publish_copy(root, "breast-cancer-ann", corrupt_onnx=True)  # v2
         publish_copy(root, "breast-cancer-ann", edit_card=wrong_reference)  # v3
@@ -103,9 +105,10 @@ def test_bad_versions_are_refused_while_the_old_one_serves(tmp_path: Path) -> No
                 for r in ("sha256_mismatch", "reference_mismatch")
             }
 
-        wait_for(lambda: failures()["reference_mismatch"] == 1, 10)
+        # each worker loads and checks every version itself: a refusal counts once per worker
+        wait_for(lambda: failures()["reference_mismatch"] == 2, 10)
         time.sleep(0.5)  # several more polls: refused versions are not retried
-        assert failures() == {"sha256_mismatch": 1, "reference_mismatch": 1}
+        assert failures() == {"sha256_mismatch": 2, "reference_mismatch": 2}
         assert served_version(server) == "1"
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
         logs = server.logs()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from predictionlog import Batch, PredictionLog, Retention, WriterProcess, open_store
+from predictionlog.counters import Counters
 from predictionlog.wire import MAX_MESSAGE, decode, encode
 from tests.support.paths import MODELS, ROOT
 from tests.support.postgres import require_psycopg, running_postgres
@@ -155,11 +156,14 @@ def test_kill_9_loses_at_most_the_last_window_and_never_corrupts(tmp_path: Path)
     assert {f"k{i}-{j}" for i in range(200) for j in range(3)} <= set(ids)  # flushed: kept
     # a new writer on the same socket; the connection comes back by itself
     again = WriterProcess(f"sqlite:///{tmp_path / 'log.db'}", socket_path=writer.socket_path)
-    time.sleep(1.1)  # the client retries at most once a second
+    time.sleep(0.3)  # the client retries every 0.2 s
     for i in range(5):
         log.record(batch(f"after{i}"))
     assert log.flush()
     assert {f"after{i}-0" for i in range(5)} <= set(stored(tmp_path))
+    # the new writer continues the totals of the killed one (they live beside the socket)
+    figures = log.stats()
+    assert figures is not None and figures["written"] >= 200 * 3 + 5 * 3
     log.close()
     again.stop()
 
@@ -179,6 +183,10 @@ def test_a_writer_that_falls_behind_costs_rows_never_waits(
         os.kill(writer.process.pid, signal.SIGCONT)
     assert log.flush()
     assert len(stored(tmp_path)) == accepted * 10  # all that was accepted, nothing else
+    # the client's drops are reported to the writer: its total counts every process's once
+    figures = log.stats()
+    assert figures is not None and figures["dropped"] == log.dropped
+    assert figures["written"] == accepted * 10
     log.close()
 
 
@@ -284,3 +292,13 @@ def test_the_writer_logs_to_postgresql_with_retention() -> None:
         finally:
             log.close()
             writer.stop()
+
+
+def test_totals_kept_in_a_file_continue_in_the_next_writer(tmp_path: Path) -> None:
+    first = Counters(tmp_path / "counters")
+    first.add("written", 7)
+    first.add("dropped", 2)
+    again = Counters(tmp_path / "counters")  # a writer started after the first one died
+    again.add("written", 1)
+    assert again.as_dict() == {"written": 8, "dropped": 2, "pruned": 0, "malformed": 0}
+    assert Counters().as_dict()["written"] == 0  # without a file: in memory, from zero

@@ -23,7 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "repository": {"errors", "observability", "runtime", "repository"},
     "protocol": {"errors", "protocol", "runtime"},
     "dataplane": {"errors", "context", "observability", "repository", "runtime"},
-    "settings": {"repository", "runtime"},
+    "settings": {"repository", "runtime", "cpus"},
+    "cpus": set(),
 }
 #: modules of one layer that must not import each other
 SIBLINGS = [

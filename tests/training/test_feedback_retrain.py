@@ -172,8 +172,11 @@ def test_sampling_and_the_drop_counter(tmp_path: Path) -> None:
         predict(server, x[:2])
         r = httpx.post(f"{server.url}/v1/models/{MODEL}/feedback", json={"id": "x", "label": "y"})
         assert r.status_code == 503 and "prediction log" in r.json()["error"]
-    # a writer that falls behind: the loss is counted, never silent, never a request
-    with running_server(root, tmp_path, NNSERVE_PREDICTION_LOG_QUEUE="64") as server:
+    # a writer that falls behind: the loss is counted, never silent, never a request (one
+    # worker: whether a response says "not-logged" depends on that worker's own backlog)
+    with running_server(
+        root, tmp_path, NNSERVE_PREDICTION_LOG_QUEUE="64", NNSERVE_WORKERS="1"
+    ) as server:
         writer = writer_pid(server.process.pid)
         os.kill(writer, signal.SIGSTOP)  # stops reading its socket
         try:

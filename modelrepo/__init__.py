@@ -1,7 +1,9 @@
 """The model repository contract shared by training (writer) and serving (reader).
 
 ``models/<name>/<version>/model.onnx`` + ``model.json``; ``model.json`` is defined by
-:class:`ModelCard`, the one schema both sides use. Nothing here imports torch or onnxruntime.
+:class:`ModelCard`, the one schema both sides use. Nothing here imports torch; ``graph``
+(a graph's inputs and outputs, read with onnxruntime) and ``importer`` (``python -m modelrepo
+import``, which also needs onnx) are imported only by what uses them.
 """
 
 from modelrepo.card import (

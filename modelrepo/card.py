@@ -97,18 +97,28 @@ class DatasetInfo(_Frozen):
 
 
 class Provenance(_Frozen):
-    dataset: DatasetInfo
-    hyperparameters: dict[str, float | int | str | bool | None]
-    seed: int
-    epochs_run: int
-    best_epoch: int
-    wall_time_s: float
-    torch_version: str
-    onnx_version: str
-    onnxruntime_version: str
-    opset: int
-    created_at: str
+    """Where a version comes from. ``origin``: ``trained`` by a recipe of ``python -m
+    training``, ``published`` from a user's own PyTorch script (``training.publish``),
+    ``imported`` from an ONNX file (``python -m modelrepo import``), or ``derived`` by the
+    service from a bare ``model.onnx`` (never written to disk). Training figures are absent
+    (None / 0) where there was no training run here."""
+
+    origin: Literal["trained", "published", "imported", "derived"] = "trained"
+    dataset: DatasetInfo | None = None
+    hyperparameters: dict[str, float | int | str | bool | None] = {}
+    seed: int | None = None
+    epochs_run: int = 0
+    best_epoch: int = 0
+    wall_time_s: float = 0.0
+    torch_version: str = ""
+    onnx_version: str = ""
+    onnxruntime_version: str = ""
+    opset: int = 0
+    created_at: str = ""
     trained_on: str = ""
+    #: sha256 of the file a version was imported from, and the command that imported it.
+    source_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    command: str = ""
 
 
 class Parity(_Frozen):
@@ -133,18 +143,22 @@ class ModelCard(_Frozen):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(gt=0)
-    kind: Literal["ann", "cnn", "lstm"]
+    #: The network's family; ``custom`` for a user's own (published or imported) graph.
+    kind: Literal["ann", "cnn", "lstm", "custom"]
     task: Literal["classification", "regression"]
     description: str = ""
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     labels: list[str] = []
     feature_names: list[str] = []
-    metrics: TestMetrics
+    #: Test figures (None when none were measured here, e.g. an imported graph).
+    metrics: TestMetrics | None = None
     provenance: Provenance
     onnx_sha256: str = Field(pattern=SHA256_PATTERN)
-    parity: Parity
-    reference: list[ReferenceCase] = Field(min_length=1)
+    #: onnxruntime against PyTorch (None without a PyTorch original, e.g. imported).
+    parity: Parity | None = None
+    #: The load-time self-check; empty only for a card derived from a bare graph.
+    reference: list[ReferenceCase] = []
     #: Absolute tolerance for the service's load-time replay of ``reference``.
     reference_atol: float = Field(default=1e-4, gt=0)
     baseline: list[FeatureBaseline] = []
@@ -153,6 +167,8 @@ class ModelCard(_Frozen):
     def _consistent(self) -> ModelCard:
         if self.task == "classification" and not self.labels:
             raise ValueError("a classification model needs its class labels")
+        if not self.reference and self.provenance.origin != "derived":
+            raise ValueError("a model needs at least one reference case (its self-check)")
         if self.feature_names and len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError("feature names must be unique")
         declared = {t.name for t in self.inputs} | {t.name for t in self.outputs}

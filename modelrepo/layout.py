@@ -45,10 +45,11 @@ def version_dir(root: Path, name: str, version: int) -> Path:
     return root / name / str(version)
 
 
-def scan(root: Path) -> dict[str, list[int]]:
+def scan(root: Path, bare: bool = False) -> dict[str, list[int]]:
     """Every loadable ``name -> sorted versions`` under ``root``; the rest is logged and skipped.
 
-    A version folder counts only when it holds both ``model.onnx`` and ``model.json``; symbolic
+    A version folder counts only when it holds both ``model.onnx`` and ``model.json`` (with
+    ``bare``, also ``model.onnx`` alone: the service decides what to do with it); symbolic
     links are never followed out of the repository.
     """
     if not root.is_dir():
@@ -70,7 +71,7 @@ def scan(root: Path) -> dict[str, list[int]]:
                 log.info("repository: ignoring %s (not a version folder)", entry)
             elif not _inside(entry, resolved_root):
                 log.warning("repository: ignoring %s (points outside the repository)", entry)
-            elif not (entry / MODEL_FILE).is_file() or not (entry / CARD_FILE).is_file():
+            elif not (entry / MODEL_FILE).is_file() or not (bare or (entry / CARD_FILE).is_file()):
                 log.warning(
                     "repository: ignoring %s (needs %s and %s)", entry, MODEL_FILE, CARD_FILE
                 )

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             executor,
             threads=settings.intra_op_threads(),
             self_check=settings.self_check,
+            bare_models=settings.bare_models,
             drain_timeout_s=settings.drain_timeout,
             on_load=quality.track,
             on_unload=quality.forget,

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     run_dir: Path | None = None
     #: Compare reference outputs from model.json at load time (the self-check).
     self_check: bool = True
+    #: A version folder with model.onnx and no model.json (as Triton users and KServe's
+    #: storage initializer leave them): ``serve`` it with a card derived from the graph (no
+    #: self-check; a warning, and ``origin="derived"`` on nnserve_model_info), or ``refuse``.
+    bare_models: Literal["serve", "refuse"] = "serve"
     #: Which versions of each model to serve: latest:N, all, or specific:V1,V2,...
     version_policy: str = "latest:1"
     #: Seconds between repository scans for new or removed versions; 0 turns polling off.

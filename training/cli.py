@@ -12,9 +12,9 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from modelrepo import RepositoryError
 from training.config import TrainConfig
-from training.errors import TrainingError
+from training.errors import ConfigError, TrainingError
 from training.pipeline import run
-from training.recipes import RECIPES
+from training.recipes import RECIPES, load_recipe_file
 
 
 def _options() -> argparse.ArgumentParser:
@@ -26,6 +26,14 @@ def _options() -> argparse.ArgumentParser:
         type=Path,
         default=Path("models"),
         help="model repository folder (default: models)",
+    )
+    common.add_argument(
+        "--recipe-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="a .py file defining RECIPE = training.recipes.Recipe(...): a model of your own "
+        "(repeatable; see examples/wine_recipe.py)",
     )
     settings = common.add_argument_group(
         "training settings", "defaults differ per model: see training/recipes.py"
@@ -45,6 +53,11 @@ def _options() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; ``--recipe-file`` recipes are loaded first, so that they are choices."""
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("--recipe-file", type=Path, action="append", default=[])
+    for path in files.parse_known_args(argv)[0].recipe_file:
+        load_recipe_file(path)
     common = _options()
     if argv[:1] == ["retrain"]:
         parser = argparse.ArgumentParser(
@@ -109,7 +122,11 @@ def config_for(name: str, args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         check_repository(args.repository)
         if args.command == "retrain":

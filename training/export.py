@@ -1,4 +1,8 @@
-"""PyTorch → ONNX: export with dynamic axes, ``onnx.checker``, onnxruntime runs and parity."""
+"""PyTorch → ONNX: export with dynamic axes, ``onnx.checker``, onnxruntime runs and parity.
+
+The one export path: the built-in recipes and ``training.publish`` (a user's own module) both
+come through :func:`export` and :func:`parity`. A classifier's graph outputs ``logits`` and
+their ``probabilities``; a regression model's, ``predictions``."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -15,19 +20,32 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from modelrepo import ReferenceCase, Tensor, TensorSpec
+from modelrepo import TensorSpec, graph
 from training.batches import collate
 from training.loop import predict_logits
 from training.nets import WithProbabilities
 
 OPSET = 18
 OUTPUTS = ("logits", "probabilities")
+REGRESSION_OUTPUTS = ("predictions",)
 Samples = np.ndarray | list[np.ndarray]
+Task = Literal["classification", "regression"]
 
 
-def export(net: nn.Module, spec: TensorSpec, example: torch.Tensor, path: Path) -> None:
-    """Write ``net`` (+ softmax) to ``path`` with every ``-1`` axis of ``spec`` dynamic."""
-    graph = WithProbabilities(net).eval()
+def outputs_of(task: Task) -> tuple[str, ...]:
+    return OUTPUTS if task == "classification" else REGRESSION_OUTPUTS
+
+
+def export(
+    net: nn.Module,
+    spec: TensorSpec,
+    example: torch.Tensor,
+    path: Path,
+    task: Task = "classification",
+) -> None:
+    """Write ``net`` (+ softmax for a classifier) to ``path`` with every ``-1`` axis of
+    ``spec`` dynamic; ``onnx.checker`` passes on the result."""
+    graph = (WithProbabilities(net) if task == "classification" else net).eval()
     dims = {axis: torch.export.Dim.DYNAMIC for axis, size in enumerate(spec.shape) if size == -1}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -39,7 +57,7 @@ def export(net: nn.Module, spec: TensorSpec, example: torch.Tensor, path: Path) 
                 graph,
                 (example,),
                 input_names=[spec.name],
-                output_names=list(OUTPUTS),
+                output_names=list(outputs_of(task)),
                 opset_version=OPSET,
                 dynamic_shapes=(dims,),
                 dynamo=True,
@@ -53,14 +71,13 @@ def export(net: nn.Module, spec: TensorSpec, example: torch.Tensor, path: Path) 
 
 
 def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return graph.session(str(path))
 
 
 def run(sess: ort.InferenceSession, x: Samples, batch_size: int = 512) -> dict[str, np.ndarray]:
     """Every output for every sample of ``x``, in order. Sequences run grouped by length."""
     input_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
     if isinstance(x, list):
         groups: dict[int, list[int]] = defaultdict(list)
         for i, seq in enumerate(x):
@@ -71,56 +88,29 @@ def run(sess: ort.InferenceSession, x: Samples, batch_size: int = 512) -> dict[s
     results: dict[str, np.ndarray] = {}
     for index in batches:
         (inputs, *_) = collate(x, index)
-        for name, value in zip(
-            OUTPUTS, sess.run(list(OUTPUTS), {input_name: inputs.numpy()}), strict=True
-        ):
+        for name, value in zip(names, sess.run(names, {input_name: inputs.numpy()}), strict=True):
             if name not in results:
                 results[name] = np.empty((len(x), *value.shape[1:]), dtype=value.dtype)
             results[name][index] = value
     return results
 
 
-def parity(net: nn.Module, sess: ort.InferenceSession, x: Samples) -> float:
-    """max |onnxruntime - PyTorch| over both outputs; PyTorch runs its training-time path
+def parity(net: nn.Module, sess: ort.InferenceSession, x: Samples, task: Task) -> float:
+    """max |onnxruntime - PyTorch| over every output; PyTorch runs its training-time path
     (padded + packed for sequences), onnxruntime the exported graph on raw inputs."""
-    logits = predict_logits(net, x)
-    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    expected = {"logits": logits, "probabilities": probabilities}
+    raw = predict_logits(net, x)
+    if task == "classification":
+        probabilities = torch.softmax(torch.from_numpy(raw), dim=1).numpy()
+        expected = {"logits": raw, "probabilities": probabilities}
+    else:
+        expected = {"predictions": raw}
     got = run(sess, x)
-    return max(float(np.abs(got[k] - expected[k]).max()) for k in OUTPUTS)
+    return max(float(np.abs(got[k] - expected[k]).max()) for k in expected)
 
 
-def reference_cases(
-    sess: ort.InferenceSession, spec: TensorSpec, groups: list[Samples]
-) -> list[ReferenceCase]:
-    """Inputs and the outputs onnxruntime gives for them, one case per group of samples."""
-    cases = []
-    for group in groups:
-        (inputs,) = collate(group, np.arange(len(group)))[:1]
-        array = inputs.numpy()
-        outputs = sess.run(list(OUTPUTS), {spec.name: array})
-        cases.append(
-            ReferenceCase(
-                inputs=[
-                    Tensor(
-                        name=spec.name,
-                        datatype=spec.datatype,
-                        shape=list(array.shape),
-                        data=array.ravel().tolist(),
-                    )
-                ],
-                outputs=[
-                    Tensor(
-                        name=name,
-                        datatype="FP32",
-                        shape=list(value.shape),
-                        data=value.ravel().tolist(),
-                    )
-                    for name, value in zip(OUTPUTS, outputs, strict=True)
-                ],
-            )
-        )
-    return cases
+def groups(x: Samples, index: np.ndarray) -> np.ndarray:
+    """The samples ``index`` of ``x`` as one input array (sequences: of one length)."""
+    return collate(x, index)[0].numpy()
 
 
 def output_specs(n_classes: int) -> list[TensorSpec]:

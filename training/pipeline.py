@@ -20,25 +20,20 @@ import torch
 from torch import nn
 
 from modelrepo import (
-    MODEL_FILE,
     DatasetInfo,
     ModelCard,
-    Parity,
     Provenance,
-    ReferenceCase,
     TestMetrics,
-    file_sha256,
     publish,
     read_card,
 )
 from training import data, evaluate, export, plots
 from training.batches import collate
 from training.config import TrainConfig
-from training.errors import ParityError
 from training.loop import History, train
+from training.publish import Staged, stage
 from training.recipes import Recipe, Samples
 
-PARITY_TOLERANCE = 1e-4
 PARITY_MIN_SAMPLES = 256
 
 
@@ -102,16 +97,6 @@ class Splits:
     feedback: int | None  # feedback examples added; None when no feedback was asked for
 
 
-@dataclass
-class Exported:
-    """``model.onnx`` in the staging folder, checked against PyTorch, and loaded."""
-
-    session: ort.InferenceSession
-    sha256: str
-    parity: Parity
-    reference: list[ReferenceCase]  # the service's load-time self-check
-
-
 def build_candidate(
     recipe: Recipe,
     config: TrainConfig,
@@ -127,7 +112,7 @@ def build_candidate(
     net, history = fit(recipe, config, splits, len(dataset.labels))
     staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
     try:
-        exported = export_checked(recipe, net, splits, dataset, staging / MODEL_FILE)
+        exported = export_checked(recipe, net, splits, dataset, staging)
         metrics = evaluate_exported(exported, dataset)
         stage_artifacts(staging, recipe.name, config, history, metrics, dataset.labels)
     except BaseException:
@@ -179,10 +164,11 @@ def fit(
 
 
 def export_checked(
-    recipe: Recipe, net: nn.Module, splits: Splits, dataset: data.Dataset, path: Path
-) -> Exported:
-    """Export ``net`` to ``path`` and check onnxruntime against PyTorch on ≥ 256 samples: the
-    test split, topped up from the training split if small. Raises :class:`ParityError`."""
+    recipe: Recipe, net: nn.Module, splits: Splits, dataset: data.Dataset, staging: Path
+) -> Staged:
+    """Export ``net`` into ``staging`` (``training.publish.stage``, the one export path) and
+    check onnxruntime against PyTorch on ≥ 256 samples: the test split, topped up from the
+    training split if small. Raises :class:`ParityError`."""
     parity_x = dataset.x_test
     if len(dataset.y_test) < PARITY_MIN_SAMPLES:
         top_up = PARITY_MIN_SAMPLES - len(dataset.y_test)
@@ -192,22 +178,11 @@ def export_checked(
             else np.concatenate([parity_x, dataset.x_train[:top_up]])
         )
     example = collate(splits.x_train, np.arange(min(2, len(splits.y_train))))[0]
-    export.export(net, recipe.input, example, path)
-    session = export.session(path)
-    max_diff = export.parity(net, session, parity_x)
-    if not max_diff <= PARITY_TOLERANCE:
-        raise ParityError(
-            f"onnxruntime differs from PyTorch by {max_diff:.3g} (tolerance {PARITY_TOLERANCE})"
-        )
-    return Exported(
-        session=session,
-        sha256=file_sha256(path),
-        parity=Parity(max_abs_diff=max_diff, n_samples=len(parity_x), tolerance=PARITY_TOLERANCE),
-        reference=export.reference_cases(session, recipe.input, _reference_groups(dataset.x_test)),
-    )
+    groups = [export.groups(g, np.arange(len(g))) for g in _reference_groups(dataset.x_test)]
+    return stage(net, recipe.input, example, parity_x, groups, "classification", staging)
 
 
-def evaluate_exported(exported: Exported, dataset: data.Dataset) -> TestMetrics:
+def evaluate_exported(exported: Staged, dataset: data.Dataset) -> TestMetrics:
     """The recorded figures: the exported graph on the raw test inputs, i.e. what is served."""
     logits = export.run(exported.session, dataset.x_test)["logits"]
     return evaluate.test_metrics(logits, dataset.y_test, dataset.labels)
@@ -237,7 +212,7 @@ def card_maker(
     splits: Splits,
     net: nn.Module,
     history: History,
-    exported: Exported,
+    exported: Staged,
     metrics: TestMetrics,
     wall_time: float,
 ) -> Callable[[int], ModelCard]:
@@ -274,6 +249,7 @@ def card_maker(
             labels=dataset.labels,
             feature_names=dataset.feature_names,
             provenance=Provenance(
+                origin="trained",
                 dataset=dataset_info,
                 hyperparameters=hyperparameters,
                 seed=config.seed,
@@ -309,7 +285,8 @@ def publish_candidate(candidate: Candidate, repository: Path) -> Result:
     finally:
         candidate.discard()
     result = Result(version, folder, read_card(folder), candidate.history)
-    m, history = result.card.metrics, candidate.history
+    m, history = candidate.metrics, candidate.history
+    assert result.card.parity is not None
     print(
         f"{candidate.recipe.name}: published version {version} at {folder}: test accuracy "
         f"{m.accuracy:.4f} (n={m.n}), loss {m.loss:.4f}, "

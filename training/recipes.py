@@ -1,19 +1,24 @@
-"""The three models of DESIGN §1: their data, network, default settings and graph I/O."""
+"""The three models of DESIGN §1: their data, network, default settings and graph I/O; and
+recipes of your own, one file each, loaded with ``python -m training --recipe-file FILE``
+(a module defining ``RECIPE = Recipe(...)``; ``examples/wine_recipe.py`` is a complete one)."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from modelrepo import TensorSpec
+from modelrepo import TensorSpec, is_valid_name
 from training import data
 from training.batches import flip_half
 from training.config import TrainConfig
+from training.errors import ConfigError
 from training.loop import Augment
 from training.nets import CNN, MLP, Normalize, SequenceLSTM
 
@@ -23,7 +28,7 @@ Samples = np.ndarray | list[np.ndarray]
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    kind: Literal["ann", "cnn", "lstm"]
+    kind: Literal["ann", "cnn", "lstm", "custom"]
     description: str
     load: Callable[[], data.Dataset]
     defaults: TrainConfig
@@ -143,3 +148,24 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    """The ``RECIPE`` a file defines, registered in :data:`RECIPES` under its name."""
+    spec = importlib.util.spec_from_file_location(f"nnserve_recipe_{path.stem}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ConfigError(f"recipe file {path} not found (or not a .py file)")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigError(f"recipe file {path} fails to load: {exc}") from exc
+    recipe = getattr(module, "RECIPE", None)
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"recipe file {path} defines no RECIPE = training.recipes.Recipe(...)")
+    if recipe.name in RECIPES and RECIPES[recipe.name] is not recipe:
+        raise ConfigError(f"recipe file {path}: {recipe.name!r} is already a recipe")
+    if not is_valid_name(recipe.name):
+        raise ConfigError(f"recipe file {path}: invalid model name {recipe.name!r}")
+    RECIPES[recipe.name] = recipe
+    return recipe

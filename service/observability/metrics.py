@@ -254,7 +254,7 @@ class Metrics:
         self.model_info = Gauge(
             "nnserve_model_info",
             "1 for each version serving, with its provenance as labels",
-            [*mv, "kind", "sha256", "dataset", "test_accuracy"],
+            [*mv, "kind", "sha256", "dataset", "test_accuracy", "origin"],
             registry=registry,
             multiprocess_mode="livemax",
         )
@@ -263,13 +263,7 @@ class Metrics:
     def version_loaded(self, card: ModelCard, seconds: float) -> VersionMetrics:
         labels = (card.name, str(card.version))
         self.load_duration.labels(*labels).set(seconds)
-        self.model_info.labels(
-            *labels,
-            card.kind,
-            card.onnx_sha256,
-            card.provenance.dataset.name,
-            f"{card.metrics.accuracy:.4f}",
-        ).set(1)
+        self.model_info.labels(*labels, *_info(card)).set(1)
         self.models_loaded.inc()
         return VersionMetrics(
             inference=self.inference_duration.labels(*labels),
@@ -286,14 +280,7 @@ class Metrics:
         if self.multiprocess is not None:
             return  # no removal in multiprocess mode: a scrape shows serving versions only
         self.queue_depth.remove(card.name, str(card.version))
-        self.model_info.remove(
-            card.name,
-            str(card.version),
-            card.kind,
-            card.onnx_sha256,
-            card.provenance.dataset.name,
-            f"{card.metrics.accuracy:.4f}",
-        )
+        self.model_info.remove(card.name, str(card.version), *_info(card))
 
     def load_failed(self, model: str, reason: str) -> None:
         self.load_failures.labels(model, reason).inc()
@@ -314,6 +301,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self._scraped)
+
+
+def _info(card: ModelCard) -> tuple[str, str, str, str, str]:
+    """``model_info``'s provenance labels: kind, sha256, dataset (or where the version came
+    from when there is none: imported, derived), test accuracy (empty when unmeasured)."""
+    provenance = card.provenance
+    dataset = provenance.dataset.name if provenance.dataset else provenance.origin
+    accuracy = f"{card.metrics.accuracy:.4f}" if card.metrics else ""
+    return card.kind, card.onnx_sha256, dataset, accuracy, provenance.origin
 
 
 #: Gauges about one model version, shown only while it serves.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from modelrepo import CARD_FILE, MODEL_FILE, ModelCard, RepositoryError, scan, version_dir
 from service.errors import LoadError, ModelNotFound, ModelNotReady
@@ -82,6 +83,7 @@ class Registry:
         *,
         threads: int = 1,
         self_check: bool = True,
+        bare_models: Literal["serve", "refuse"] = "serve",
         drain_timeout_s: float = 30.0,
         on_load: Callable[[ModelCard], None] | None = None,
         on_unload: Callable[[ModelCard], None] | None = None,
@@ -94,6 +96,7 @@ class Registry:
         self.executor = executor
         self.threads = threads
         self.self_check = self_check
+        self.bare_models = bare_models
         self.drain_timeout_s = drain_timeout_s
         self.on_load = on_load
         self.on_unload = on_unload
@@ -117,7 +120,7 @@ class Registry:
         """
         async with self._lock:
             try:
-                found = await asyncio.to_thread(scan, self.root)
+                found = await asyncio.to_thread(scan, self.root, True)
             except RepositoryError as exc:
                 log.error("cannot scan the model repository: %s", exc)
                 found = {}
@@ -175,7 +178,11 @@ class Registry:
             return None  # refused before, unchanged since: not retried
         try:
             model = await asyncio.to_thread(
-                ServedModel.load, folder, threads=self.threads, self_check=self.self_check
+                ServedModel.load,
+                folder,
+                threads=self.threads,
+                self_check=self.self_check,
+                bare=self.bare_models,
             )
         except LoadError as exc:
             self.failures[(name, version)] = Failure(exc.reason, str(exc), stamp)

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from modelrepo import MODEL_FILE, ModelCard, TensorSpec, file_sha256, read_card
+from modelrepo import (
+    CARD_FILE,
+    MODEL_FILE,
+    ModelCard,
+    Provenance,
+    TensorSpec,
+    file_sha256,
+    graph,
+    read_card,
+)
 from service.errors import LoadError
 from service.runtime.checks import InputCheck
+
+log = logging.getLogger("nnserve.model")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,9 +83,20 @@ class ServedModel:
         )
 
     @classmethod
-    def load(cls, folder: Path, *, threads: int = 1, self_check: bool = True) -> ServedModel:
-        """Read, verify and self-check ``folder``; raises :class:`LoadError` with a reason."""
+    def load(
+        cls,
+        folder: Path,
+        *,
+        threads: int = 1,
+        self_check: bool = True,
+        bare: Literal["serve", "refuse"] = "refuse",
+    ) -> ServedModel:
+        """Read, verify and self-check ``folder``; raises :class:`LoadError` with a reason.
+        A folder with ``model.onnx`` and no ``model.json`` is served with a card derived from
+        the graph if ``bare`` says so (no self-check: a smoke run only), else refused."""
         started = time.perf_counter()
+        if not (folder / CARD_FILE).exists():
+            return cls._load_bare(folder, threads, bare, started)
         try:
             card = read_card(folder)
         except (OSError, ValidationError, ValueError) as exc:
@@ -112,6 +136,48 @@ class ServedModel:
             )
         per_sample = check_reference(card, session) if self_check else 0.0
         return cls.of(card, session, folder, per_sample, time.perf_counter() - started)
+
+    @classmethod
+    def _load_bare(
+        cls, folder: Path, threads: int, bare: Literal["serve", "refuse"], started: float
+    ) -> ServedModel:
+        if bare != "serve":
+            raise LoadError(
+                "no_card",
+                f"{folder} has {MODEL_FILE} but no {CARD_FILE}: import it with `python -m "
+                "modelrepo import` (card and self-check), or set NNSERVE_BARE_MODELS=serve",
+            )
+        model_path = folder / MODEL_FILE
+        try:
+            digest = file_sha256(model_path)
+            session = graph.session(str(model_path), threads)
+        except Exception as exc:
+            raise LoadError("session_error", f"{model_path}: {exc}") from exc
+        try:
+            inputs, outputs = graph.specs(session)
+            session.run(None, {inputs[0].name: graph.generated_inputs(inputs[0], 2)})
+        except Exception as exc:  # GraphError, or the smoke run failed
+            raise LoadError("unservable_graph", f"{model_path}: {exc}") from exc
+        card = ModelCard(
+            name=folder.parent.name,
+            version=int(folder.name),
+            kind="custom",
+            task="regression",  # no labels known: outputs are returned as they are
+            description=f"derived from a bare {MODEL_FILE}: no card, no self-check",
+            inputs=inputs,
+            outputs=outputs,
+            provenance=Provenance(origin="derived", onnxruntime_version=ort.__version__),
+            onnx_sha256=digest,
+        )
+        log.warning(
+            "serving %s version %s from a bare %s: card derived from the graph, no self-check "
+            "(python -m modelrepo import writes a card with one)",
+            card.name,
+            card.version,
+            MODEL_FILE,
+            extra={"model": card.name, "version": card.version},
+        )
+        return cls.of(card, session, folder, 0.0, time.perf_counter() - started)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output for one batch (called in a worker thread; onnxruntime frees the GIL)."""

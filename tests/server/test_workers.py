@@ -47,8 +47,15 @@ def parallel(
 def workers_of(server: Server) -> set[int]:
     """The worker processes: the master's children other than the log writer."""
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    pids = {int(p) for p in children.read_text().split()}
-    return {p for p in pids if b"predictionlog" not in Path(f"/proc/{p}/cmdline").read_bytes()}
+    workers = set()
+    for pid in (int(p) for p in children.read_text().split()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        if b"predictionlog" not in command:
+            workers.add(pid)
+    return workers
 
 
 def wait_for_workers(server: Server, n: int, timeout: float = 30.0) -> set[int]:

@@ -4,15 +4,16 @@ process in small steps between its commits, so no request and no insert ever wai
 Each step looks at the store's figures and removes the oldest predictions (with their
 feedback) that break a bound, at most ``batch`` rows at a time, then gives the space back
 (SQLite: incremental vacuum; PostgreSQL: autovacuum reuses it). The byte bound works with two
-marks: above ``high * max_bytes`` it prunes down to ``low * max_bytes``, so it does not prune a few
-rows on every step once the log is full.
+marks: once above ``high * max_bytes`` it prunes, step after step, down to ``low *
+max_bytes``, and then not again until the log is back above the high mark: a full log is
+pruned in one burst per tenth of its bound, not a few rows after every commit.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -36,7 +37,7 @@ class Prunable(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class Retention:
     max_age_s: float | None = 7 * 24 * 3600.0
     max_rows: int | None = None
@@ -44,6 +45,8 @@ class Retention:
     batch: int = 2000  # rows removed per step at most
     high: float = 0.95
     low: float = 0.85
+    #: between the marks: pruning down to the low one since the high one was passed
+    draining: bool = field(default=False, compare=False, repr=False)
 
     def describe(self) -> str:
         parts = []
@@ -64,12 +67,20 @@ class Retention:
         excess = 0
         if self.max_rows is not None:
             excess = max(excess, usage.rows - self.max_rows)
-        if self.max_bytes is not None and usage.bytes > self.high * self.max_bytes:
-            per_row = usage.bytes / usage.rows
-            excess = max(excess, math.ceil((usage.bytes - self.low * self.max_bytes) / per_row))
+        if self.max_bytes is not None:
+            if usage.bytes > self.high * self.max_bytes:
+                self.draining = True
+            elif usage.bytes <= self.low * self.max_bytes:
+                self.draining = False
+            if self.draining:
+                per_row = usage.bytes / usage.rows
+                target = self.low * self.max_bytes
+                excess = max(excess, math.ceil((usage.bytes - target) / per_row))
         removed = 0
         if excess > 0:
             removed += store.prune_oldest(min(excess, self.batch))
+            if excess <= self.batch:
+                self.draining = False  # this step took what the estimate said was over
         if self.max_age_s is not None and removed < self.batch:
             cutoff = (time.time() if now is None else now) - self.max_age_s
             if usage.oldest is not None and usage.oldest < cutoff:

@@ -25,6 +25,7 @@ from predictionlog import (
     UnknownPrediction,
     open_store,
 )
+from predictionlog.retention import Usage
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer, require_psycopg, running_postgres
 
@@ -481,3 +482,38 @@ def test_postgres_store_reconnects_after_the_connection_drops(
             store.write_predictions([prediction("lost")])
         store.write_predictions([prediction("after")])  # ... the next one reconnects
         assert store.count_predictions() == 2
+
+
+class _Counted:
+    """A store of ``rows`` predictions of 100 bytes each (what Retention sees of one)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def usage(self) -> Usage:
+        return Usage(self.rows, self.rows * 100, T0)
+
+    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+        removed = min(n, self.rows)
+        self.rows -= removed
+        return removed
+
+    def reclaim(self) -> None:
+        pass
+
+
+def test_a_full_log_is_pruned_in_bursts_down_to_the_low_mark() -> None:
+    """Past the high mark (95 %) pruning continues step after step down to the low mark
+    (85 %), then rests until the high mark is passed again: not a few rows per commit."""
+    store = _Counted(rows=960)  # 96 % of a 100,000-byte bound
+    retention = Retention(max_age_s=None, max_rows=None, max_bytes=100_000, batch=30)
+    steps = []
+    while removed := retention.step(store):
+        steps.append(removed)
+        store.rows += 5  # commits go on meanwhile
+    assert store.rows * 100 <= 0.85 * 100_000 + 5 * 100 and len(steps) > 1
+    for _ in range(18):  # growing from the low mark towards the high one: no pruning
+        store.rows += 5
+        assert retention.step(store) == 0
+    store.rows += 10  # past 95 %: the next burst
+    assert retention.step(store) > 0

@@ -42,7 +42,9 @@ class Retention:
     max_age_s: float | None = 7 * 24 * 3600.0
     max_rows: int | None = None
     max_bytes: int | None = 1 << 30
-    batch: int = 2000  # rows removed per step at most
+    #: rows removed per step at most: a step is one DELETE and one incremental vacuum that
+    #: nothing interrupts (64 image rows of 4 KB: about 2.5 ms here)
+    batch: int = 64
     high: float = 0.95
     low: float = 0.85
     #: between the marks: pruning down to the low one since the high one was passed

@@ -56,6 +56,8 @@ BURST = 16
 DRIFT_EVERY = 0.5
 #: ... in chunks of this many rows (time steps for sequences).
 DRIFT_CHUNK = 256
+#: Retention steps per pruning turn (each at most ``Retention.batch`` rows).
+PRUNE_STEPS = 8
 
 
 class Writer:
@@ -328,14 +330,20 @@ class Writer:
         self._pause()
 
     def _prune(self) -> None:
-        """Retention steps until every bound holds, or until new work waits (it comes first;
-        the next commit prunes again)."""
+        """A few retention steps (at most :data:`PRUNE_STEPS`, each offering the CPU after
+        it), then back to reading and committing: a full log is pruned a little after every
+        commit and every ``prune_interval`` until its bounds hold, never in one long burst
+        (a burst of a tenth of a 1 GB log is seconds of deletes)."""
         if self.retention is None:
             return
         try:
-            while (removed := self.retention.step(self.store, self.usage)) > 0:
+            for _ in range(PRUNE_STEPS):
+                removed = self.retention.step(self.store, self.usage)
+                if removed <= 0:
+                    break
                 self.counts.add("pruned", removed)
                 self._grew(-removed)
+                self._pause()
                 if self.pending or self.selector.select(0):
                     break
         except Exception as exc:

@@ -12,34 +12,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.datasets import load_wine
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from modelrepo import TensorSpec
 from training.config import TrainConfig
-from training.data import Dataset
+from training.data import Dataset, from_sklearn
 from training.nets import MLP, Normalize
 from training.recipes import Recipe, Samples
 
 
 def load() -> Dataset:
-    """scikit-learn's bundled wine data (178 samples, 13 features, 3 cultivars): a fixed
-    stratified 75/25 split, since the set has no official one."""
-    bunch = load_wine()
-    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=0, stratify=y
-    )
-    return Dataset(
-        name="sklearn-wine",
-        source="sklearn.datasets.load_wine (UCI Wine, bundled with scikit-learn)",
-        split="stratified 75/25, random_state=0",
-        labels=[str(name) for name in bunch.target_names],
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
-        feature_names=list(bunch.feature_names),
+    """scikit-learn's bundled wine data (178 samples, 13 features, 3 cultivars), with a fixed
+    stratified 75/25 split since the set has no official one."""
+    return from_sklearn(
+        load_wine(), "sklearn-wine", "sklearn.datasets.load_wine (UCI Wine, bundled)", 0
     )
 
 

@@ -8,12 +8,14 @@ three read a graph the same way."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from modelrepo.card import Datatype, ReferenceCase, Tensor, TensorSpec
+from modelrepo.card import Datatype, Provenance, ReferenceCase, Tensor, TensorSpec
 
 #: onnxruntime's element types → Open Inference Protocol datatypes (the numeric ones).
 DATATYPES: dict[str, Datatype] = {
@@ -68,6 +70,22 @@ def specs(sess: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec
         if not out.shape or out.shape[0] != -1:
             raise GraphError(f"output {out.name!r} has shape {out.shape}: no batch axis first")
     return inputs, outputs
+
+
+def provenance(origin: str, **fields: Any) -> Provenance:
+    """Provenance of a version made now from a graph (``imported``, ``published``,
+    ``derived``): the onnx / onnxruntime versions and the time, plus ``fields``."""
+    try:
+        onnx_version = metadata.version("onnx")
+    except metadata.PackageNotFoundError:  # the service's install may go without onnx
+        onnx_version = ""
+    return Provenance(
+        origin=origin,
+        onnx_version=onnx_version,
+        onnxruntime_version=ort.__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        **fields,
+    )
 
 
 def generated_inputs(spec: TensorSpec, n: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,6 @@ sha256, command line). Nothing is written unless every check passes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from modelrepo.card import ModelCard, Provenance, TensorSpec, is_valid_name
+from modelrepo import graph
+from modelrepo.card import ModelCard, TensorSpec, is_valid_name
 from modelrepo.graph import GraphError, check_samples, generated_inputs, reference, session, specs
 from modelrepo.layout import MODEL_FILE, file_sha256, publish
 
@@ -67,15 +67,7 @@ def import_onnx(
     elif labels:
         raise GraphError("labels are for classifiers; a regression model takes none")
     digest = file_sha256(source)
-    provenance = Provenance(
-        origin="imported",
-        onnx_version=onnx.__version__,
-        onnxruntime_version=ort.__version__,
-        opset=opset,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        source_sha256=digest,
-        command=command,
-    )
+    provenance = graph.provenance("imported", opset=opset, source_sha256=digest, command=command)
 
     def card(version: int) -> ModelCard:
         return ModelCard(

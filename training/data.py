@@ -12,6 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -88,16 +89,24 @@ def load_breast_cancer() -> Dataset:
     """
     from sklearn.datasets import load_breast_cancer as load
 
-    bunch = load()
+    return from_sklearn(
+        load(), "breast-cancer-wisconsin-diagnostic", "sklearn.datasets.load_breast_cancer", 42
+    )
+
+
+def from_sklearn(bunch: Any, name: str, source: str, seed: int) -> Dataset:
+    """A scikit-learn bundled set (``data``, ``target``, names) with no official split: one
+    fixed stratified 75/25 split (``random_state=seed``) serves as the official one."""
     x = bunch.data.astype(np.float32)
     y = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=42, stratify=y
+        x, y, test_size=0.25, random_state=seed, stratify=y
     )
     return Dataset(
-        name="breast-cancer-wisconsin-diagnostic",
-        source="sklearn.datasets.load_breast_cancer",
-        split="fixed stratified 75/25 split, random_state=42 (the dataset has no official split)",
+        name=name,
+        source=source,
+        split=f"fixed stratified 75/25 split, random_state={seed} (the dataset has no "
+        "official split)",
         labels=[str(n) for n in bunch.target_names],
         feature_names=[str(n) for n in bunch.feature_names],
         x_train=x_train,

@@ -16,11 +16,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -29,7 +27,6 @@ from modelrepo import (
     MODEL_FILE,
     ModelCard,
     Parity,
-    Provenance,
     ReferenceCase,
     TensorSpec,
     TestMetrics,
@@ -131,13 +128,10 @@ def publish(
             raise TrainingError(
                 f"{len(labels)} labels for a classifier whose logits are {scores[1:]} wide"
             )
-        provenance = Provenance(
-            origin="published",
+        provenance = graph.provenance(
+            "published",
             torch_version=torch.__version__,
-            onnx_version=onnx.__version__,
-            onnxruntime_version=ort.__version__,
             opset=export.OPSET,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             command=" ".join(sys.argv),
         )
 

@@ -7,7 +7,6 @@ tests can build many apps in one process.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from modelrepo import ModelCard
+from service.observability.multiprocess import ServiceProcesses, ServingOnly
 
 if TYPE_CHECKING:
     from predictionlog import PredictionLog
@@ -160,7 +160,7 @@ class Metrics:
         else:  # what a scrape renders: every worker's files, and the service-wide figures
             self._scraped = CollectorRegistry(auto_describe=False)
             collector = MultiProcessCollector(None, multiprocess)  # type: ignore[no-untyped-call]
-            self._scraped.register(ServingOnly(collector, self))
+            self._scraped.register(ServingOnly(collector, self.collected))
             self._scraped.register(self.collected)
             self._scraped.register(ServiceProcesses())
         mv = ["model", "version"]
@@ -310,69 +310,6 @@ def _info(card: ModelCard) -> tuple[str, str, str, str, str]:
     dataset = provenance.dataset.name if provenance.dataset else provenance.origin
     accuracy = f"{card.metrics.accuracy:.4f}" if card.metrics else ""
     return card.kind, card.onnx_sha256, dataset, accuracy, provenance.origin
-
-
-#: Gauges about one model version, shown only while it serves.
-_VERSION_GAUGES = frozenset(
-    ("nnserve_queue_depth", "nnserve_model_info", "nnserve_model_load_duration_seconds")
-)
-
-
-class ServingOnly:
-    """Multiprocess mode keeps a retired version's gauge values in the workers' files (it
-    cannot remove them): drop those of versions the scraped worker no longer serves."""
-
-    def __init__(self, inner: MultiProcessCollector, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        quality = self.metrics.collected.quality
-        serving = {(m, str(v)) for m, v in quality.serving} if quality else set()
-        for metric in self.inner.collect():  # type: ignore[no-untyped-call]
-            if metric.name in _VERSION_GAUGES:
-                metric.samples = [
-                    s for s in metric.samples
-                    if (s.labels.get("model"), s.labels.get("version")) in serving
-                ]  # fmt: skip
-            yield metric
-
-
-class ServiceProcesses:
-    """``process_cpu_seconds_total`` and ``process_resident_memory_bytes`` of the whole
-    service (the process manager, its workers and the log writer), where a single process's
-    would describe one worker. The CPU total restarts lower when a worker is replaced (what
-    ``rate()`` handles as a counter reset)."""
-
-    def collect(self) -> Iterator[Metric]:
-        parent = os.getppid()
-        pids = [parent, *_children(parent)]
-        cpu = rss = 0.0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            cpu += (int(fields[11]) + int(fields[12])) / _TICKS
-            rss += int(fields[21]) * _PAGE
-        yield CounterMetricFamily(
-            "process_cpu_seconds", "CPU time of the service's processes, in seconds", cpu
-        )
-        yield GaugeMetricFamily(
-            "process_resident_memory_bytes", "Resident memory of the service's processes", rss
-        )
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
 
 
 __all__ = ["CONTENT_TYPE", "Metrics", "VersionMetrics"]

@@ -16,7 +16,6 @@ from modelrepo import (
     CARD_FILE,
     MODEL_FILE,
     ModelCard,
-    Provenance,
     TensorSpec,
     file_sha256,
     graph,
@@ -166,7 +165,7 @@ class ServedModel:
             description=f"derived from a bare {MODEL_FILE}: no card, no self-check",
             inputs=inputs,
             outputs=outputs,
-            provenance=Provenance(origin="derived", onnxruntime_version=ort.__version__),
+            provenance=graph.provenance("derived"),
             onnx_sha256=digest,
         )
         log.warning(

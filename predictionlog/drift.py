@@ -4,12 +4,16 @@ rows it writes, so it costs the request path nothing."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
-from modelrepo import ModelCard
+from modelrepo import ModelCard, read_card
+
+log = logging.getLogger("nnserve.predictionlog.drift")
 
 PSI_EPSILON = 1e-4  # keeps empty bins from making PSI infinite
 
@@ -72,3 +76,67 @@ class Drift:
         expected = np.clip(self.expected, PSI_EPSILON, None)
         values = ((actual - expected) * np.log(actual / expected)).sum(axis=1)
         yield from zip(self.names, values.tolist(), strict=True)
+
+
+class Drifts:
+    """The writer's drift bookkeeping: the inputs of the rows pending and of those committed
+    since the last update, and one :class:`Drift` per model version whose card has a
+    baseline (read from the repository the first time the version is seen)."""
+
+    def __init__(self, repository: Path | None, window: int) -> None:
+        self.repository = repository
+        self.window = window
+        self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.committed: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.trackers: dict[tuple[str, int], Drift | None] = {}
+
+    def observe(self, model: str, version: int, inputs: np.ndarray) -> None:
+        self.pending.setdefault((model, version), []).append(inputs)
+
+    def written(self, ok: bool) -> None:
+        """The pending rows were committed (or not: then they do not count either)."""
+        if ok:
+            for key, inputs in self.pending.items():
+                self.committed.setdefault(key, []).extend(inputs)
+        self.pending = {}
+
+    def update(self, pause: Callable[[], object], chunk: int) -> None:
+        """Drift over the rows committed since the last update, vectorized per version, in
+        chunks of ``chunk`` rows with ``pause()`` between them (on a shared core a request
+        never waits for a whole update: 2,000 rows of 30 features take about 3 ms)."""
+        committed, self.committed = self.committed, {}
+        for key, inputs in committed.items():
+            if key not in self.trackers:
+                self.trackers[key] = self._tracker(*key)
+            tracker = self.trackers[key]
+            if tracker is None:
+                continue
+            width = len(tracker.names)
+            part: list[np.ndarray] = []
+            size = 0
+            for x in inputs:
+                part.append(x.reshape(-1, width))
+                size += len(part[-1])
+                if size >= chunk or x is inputs[-1]:
+                    tracker.add(np.concatenate(part))
+                    part, size = [], 0
+                    pause()
+
+    def figures(self) -> list[list[object]]:
+        """``[model, version, feature, psi]`` of every tracked version."""
+        return [
+            [model, version, feature, psi]
+            for (model, version), tracker in self.trackers.items()
+            if tracker is not None
+            for feature, psi in tracker.psi()
+        ]
+
+    def _tracker(self, model: str, version: int) -> Drift | None:
+        if self.repository is None:
+            return None
+        try:
+            card = read_card(self.repository / model / str(version))
+        except (OSError, ValueError) as exc:
+            log.warning("no drift baseline for %s/%d: %s", model, version, exc)
+            return None
+        return Drift(card, self.window) if Drift.applies(card) else None

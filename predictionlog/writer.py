@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
-from modelrepo import read_card
 from predictionlog.counters import Counters
-from predictionlog.drift import Drift
+from predictionlog.drift import Drifts
 from predictionlog.records import Row
 from predictionlog.retention import Retention, Usage
 from predictionlog.store import Store
@@ -44,7 +42,6 @@ from predictionlog.wire import (
     FLUSH,
     MAX_MESSAGE,
     STATS,
-    Batch,
     decode,
     decode_dropped,
 )  # fmt: skip
@@ -78,12 +75,10 @@ class Writer:
     ) -> None:
         self.store = store
         self.listener = listener
-        self.repository = repository
         self.retention = retention
         self.linger = linger
         self.poll = poll
         self.batch_rows = batch_rows
-        self.drift_window = drift_window
         self.prune_interval = prune_interval
         self.parent = parent
         self.selector = selectors.DefaultSelector()
@@ -92,11 +87,8 @@ class Writer:
         self.connections: set[socket.socket] = set()
         self.data: set[socket.socket] = set()  # of those, the ones that send batches
         self.pending: list[Row] = []
-        #: inputs of the rows pending, and of those committed since the last drift update
-        self.pending_inputs: dict[tuple[str, int], list[np.ndarray]] = {}
-        self.committed_inputs: dict[tuple[str, int], list[np.ndarray]] = {}
+        self.drifts = Drifts(repository, drift_window)
         self.pending_since = 0.0
-        self.drift: dict[tuple[str, int], Drift | None] = {}
         #: written, dropped (here and reported by the services), pruned, malformed
         self.counts = counters or Counters()
         self.received = 0  # batch messages
@@ -257,42 +249,7 @@ class Writer:
         if not self.pending:
             self.pending_since = time.monotonic()
         self.pending.extend(batch.rows())
-        self._observe(batch)
-
-    def _observe(self, batch: Batch) -> None:
-        self.pending_inputs.setdefault((batch.model, batch.version), []).append(batch.inputs)
-
-    def _update_drift(self) -> None:
-        """Drift over the rows committed since the last update, vectorized per version, in
-        chunks of :data:`DRIFT_CHUNK` rows with the CPU offered between them (on a shared
-        core a request never waits for a whole update: a 2,000-row update of 30 features
-        takes about 3 ms)."""
-        for key, inputs in self.committed_inputs.items():
-            if key not in self.drift:
-                self.drift[key] = self._drift_for(*key)
-            tracker = self.drift[key]
-            if tracker is not None:
-                width = len(tracker.names)
-                chunk: list[np.ndarray] = []
-                size = 0
-                for x in inputs:
-                    chunk.append(x.reshape(-1, width))
-                    size += len(chunk[-1])
-                    if size >= DRIFT_CHUNK or x is inputs[-1]:
-                        tracker.add(np.concatenate(chunk))
-                        chunk, size = [], 0
-                        self._pause()
-        self.committed_inputs = {}
-
-    def _drift_for(self, model: str, version: int) -> Drift | None:
-        if self.repository is None:
-            return None
-        try:
-            card = read_card(self.repository / model / str(version))
-        except (OSError, ValueError) as exc:
-            log.warning("no drift baseline for %s/%d: %s", model, version, exc)
-            return None
-        return Drift(card, self.drift_window) if Drift.applies(card) else None
+        self.drifts.observe(batch.model, batch.version, batch.inputs)
 
     def _commit(self) -> None:
         if not self.pending:
@@ -307,13 +264,11 @@ class Writer:
             self.store.write_rows(rows, pause=None if behind else self._pause)
         except Exception as exc:
             self.counts.add("dropped", len(rows))
-            self.pending_inputs = {}  # rows not written do not count for drift either
+            self.drifts.written(False)  # rows not written do not count for drift either
             log.error("writing %d predictions to the log failed; dropped: %s", len(rows), exc)
             return
         self._pause()
-        for key, inputs in self.pending_inputs.items():
-            self.committed_inputs.setdefault(key, []).extend(inputs)
-        self.pending_inputs = {}
+        self.drifts.written(True)
         self.counts.add("written", len(rows))
         # until a measurement says better: a row's blobs and id, plus what a row costs besides
         self._grew(len(rows), sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows))
@@ -323,9 +278,8 @@ class Writer:
     def _drift_now(self) -> None:
         self.next_drift = time.monotonic() + DRIFT_EVERY
         try:
-            self._update_drift()
+            self.drifts.update(self._pause, DRIFT_CHUNK)
         except Exception as exc:  # a malformed baseline must not stop the log
-            self.committed_inputs = {}
             log.error("updating input drift failed: %s", exc)
         self._pause()
 
@@ -371,10 +325,5 @@ class Writer:
             "bytes": self.usage.bytes,
             "oldest": self.usage.oldest,
             "retention": self.retention.describe() if self.retention else "no bound",
-            "drift": [
-                [model, version, feature, psi]
-                for (model, version), tracker in self.drift.items()
-                if tracker is not None
-                for feature, psi in tracker.psi()
-            ],
+            "drift": self.drifts.figures(),
         }

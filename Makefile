@@ -15,7 +15,7 @@ help:
 	@echo "make test-fast - the in-process tests only (no servers, no training): seconds"
 	@echo "make train   - train all three networks and publish new versions into models/"
 	@echo "make check   - ruff (lint + format check) and mypy"
-	@echo "make bench   - service vs raw onnxruntime on one core (wrk); results in bench/results/"
+	@echo "make bench   - service vs raw onnxruntime on one core (wrk), scaling, capacity; results in bench/results/"
 
 $(VENV)/.serve: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,9 @@ bench: $(VENV)/.dev
 		(apt-get update -qq && apt-get install -y -qq wrk)) || \
 		(echo "bench needs wrk: apt-get install wrk" && exit 1)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.floor $(FLOOR_ARGS)
 	$(PY) -m bench.scaling $(SCALING_ARGS)
+	$(PY) -m bench.capacity $(CAPACITY_ARGS)
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .

@@ -23,7 +23,7 @@ from predictionlog.process import WriterProcess
 from predictionlog.records import Feedback, FeedbackConflict, Prediction, UnknownPrediction
 from predictionlog.retention import Retention, Usage
 from predictionlog.sqlite import SQLiteStore
-from predictionlog.store import Store, open_store
+from predictionlog.store import Store, open_store, redacted
 from predictionlog.wire import Batch
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "Usage",
     "WriterProcess",
     "open_store",
+    "redacted",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from predictionlog.counters import Counters
 from predictionlog.retention import Retention
-from predictionlog.store import open_store
+from predictionlog.store import open_store, redacted
 from predictionlog.writer import Writer, log
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args.store)
     except Exception as exc:
         print(
-            f"error: cannot open the prediction log {args.store.split('@')[-1]}: {exc}",
+            f"error: cannot open the prediction log {redacted(args.store)}: {exc}",
             file=sys.stderr,
         )
         return 2

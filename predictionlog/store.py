@@ -81,7 +81,8 @@ class Store(Protocol):
         ...
 
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: URLs of a PostgreSQL store: one log that several replicas can share.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def sqlite_path(url: str | os.PathLike[str]) -> Path:
@@ -117,6 +118,15 @@ def sqlite_path(url: str | os.PathLike[str]) -> Path:
     return path
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: for logs and reports."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
 def open_store(url: str | os.PathLike[str]) -> Store:
     """Open (creating its tables, and for SQLite its folders, if needed) the store at ``url``.
 
@@ -125,7 +135,7 @@ def open_store(url: str | os.PathLike[str]) -> Store:
     An invalid URL raises ValueError with a one-line message.
     """
     text = os.fspath(url)
-    if text.startswith(_POSTGRES_SCHEMES):
+    if text.startswith(POSTGRES_SCHEMES):
         from predictionlog.postgres import PostgresStore
 
         return PostgresStore(text)

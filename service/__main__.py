@@ -1,5 +1,9 @@
 """``python -m service [--workers N]``: serve the model repository (settings: NNSERVE_*).
 
+``python -m service --model_name NAME --model_dir DIR [--http_port PORT]``: serve the one
+model in DIR under NAME, as KServe runs a serving runtime (``modelrepo.single``; the
+ClusterServingRuntime in deploy/kubernetes/kserve passes exactly these arguments).
+
 N worker processes (default ``NNSERVE_WORKERS=auto``: one per usable CPU) under gunicorn
 (``service.supervisor``), which also runs the one prediction-log writer process. Their
 shared files (the writer's socket, model-control state, and with several workers the
@@ -31,7 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes: a number, or auto (one per usable CPU); "
         "default NNSERVE_WORKERS, else auto",
     )
+    kserve = parser.add_argument_group("one model, as KServe starts a serving runtime")
+    kserve.add_argument("--model_name", help="serve the model in --model_dir under this name")
+    kserve.add_argument(
+        "--model_dir",
+        type=Path,
+        help="its folder (KServe: /mnt/models): version folders, or model.onnx with or "
+        "without model.json",
+    )
+    kserve.add_argument("--http_port", type=int, help="the port (default NNSERVE_PORT)")
     args = parser.parse_args(argv)
+    if (args.model_name is None) != (args.model_dir is None):
+        parser.error("--model_name and --model_dir go together")
+    if args.http_port is not None:
+        os.environ["NNSERVE_PORT"] = str(args.http_port)
     if args.workers:
         os.environ["NNSERVE_WORKERS"] = args.workers
     run_dir = Path(tempfile.mkdtemp(prefix="nnserve-run-", dir=_memory_folder()))
@@ -43,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: NNSERVE_WORKERS: {exc}", file=sys.stderr)
             return 2
+        if args.model_dir is not None:
+            from modelrepo import RepositoryError
+            from modelrepo.single import mirror
+
+            try:
+                root = mirror(args.model_dir, args.model_name, run_dir / "models")
+            except RepositoryError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            os.environ["NNSERVE_MODEL_REPOSITORY"] = str(root)
         if workers > 1:
             (run_dir / "metrics").mkdir()
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")

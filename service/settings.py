@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from predictionlog import Retention
+from predictionlog.store import POSTGRES_SCHEMES
 from service.cpus import usable_cpus, worker_count
 from service.repository.policy import ModelPolicy, VersionPolicy, check_policy
 from service.runtime.batcher import BatchConfig
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     prediction_log_max_rows: int = Field(default=0, ge=0)
     #: Retention: the most bytes the log may use (0 = no byte bound); 1 GB by default.
     prediction_log_max_bytes: int = Field(default=1_000_000_000, ge=0)
+    #: Replicas of this service that may run at once (a Deployment's or autoscaler's most).
+    #: Above 1 their prediction logs must be one: PostgreSQL, not a SQLite file per replica.
+    replicas: int = Field(default=1, ge=1)
     #: Feedback labels per model version in the live-accuracy window.
     accuracy_window: int = Field(default=500, ge=1)
     #: Recent inputs (rows / time steps) per model version compared with the training split.
@@ -91,6 +95,21 @@ class Settings(BaseSettings):
     @classmethod
     def _policy(cls, value: str) -> str:
         return check_policy(value)
+
+    @model_validator(mode="after")
+    def _shared_log(self) -> Settings:
+        if self.replicas > 1 and self.prediction_log and not self.shared_log():
+            raise ValueError(
+                f"NNSERVE_REPLICAS={self.replicas} with the SQLite prediction log: each replica "
+                "would log into a file of its own, and feedback sent to one replica could not "
+                "find the predictions another one made; set NNSERVE_PREDICTION_LOG_URL="
+                "postgresql://... (one log for every replica) or NNSERVE_PREDICTION_LOG=false"
+            )
+        return self
+
+    def shared_log(self) -> bool:
+        """Whether the prediction log is a server that several replicas can share."""
+        return self.prediction_log_store().startswith(POSTGRES_SCHEMES)
 
     def prediction_log_store(self) -> str:
         return (

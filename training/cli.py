@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -68,11 +69,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
             "the tolerance; writes a report either way.",
         )
         parser.add_argument("model", choices=list(RECIPES))
-        parser.add_argument(
+        source = parser.add_mutually_exclusive_group()
+        source.add_argument(
             "--feedback",
             metavar="STORE_URL",
             help="prediction log with feedback: a SQLite path / sqlite:///path "
             "or postgresql://... (default: no feedback)",
+        )
+        source.add_argument(
+            "--feedback-env",
+            metavar="VARIABLE",
+            help="the same URL, read from this environment variable (keeps a password off "
+            "the command line, e.g. NNSERVE_PREDICTION_LOG_URL from a Kubernetes Secret)",
         )
         parser.add_argument(
             "--tolerance",
@@ -87,6 +95,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
             help="where the JSON + Markdown reports go (default: reports)",
         )
         args = parser.parse_args(argv[1:])
+        if args.feedback_env:
+            args.feedback = os.environ.get(args.feedback_env)
+            if not args.feedback:
+                raise ConfigError(f"--feedback-env {args.feedback_env}: the variable is not set")
         args.command = "retrain"
         return args
     parser = argparse.ArgumentParser(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo import MODEL_FILE, ModelCard, TestMetrics, read_card, scan
-from predictionlog import open_store
+from predictionlog import open_store, redacted
 from training import evaluate, export
 from training.config import TrainConfig
 from training.errors import TrainingError
@@ -119,7 +119,7 @@ def retrain(
         "rule": "publish if challenger accuracy >= champion accuracy - tolerance",
         "held_out": f"{dataset.name} test split, n={len(dataset.y_test)}",
         "feedback": {
-            "store": feedback_url,
+            "store": redacted(feedback_url) if feedback_url else None,
             "examples": 0 if extra is None else len(extra[1]),
             "skipped": skipped,
         },

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -256,7 +258,7 @@ def test_two_replicas_behave_as_one_service(tmp_path: Path, postgres: PostgresSe
     root = copy_models(tmp_path, ANN)
     url = postgres.new_database()
     shared = {"NNSERVE_PREDICTION_LOG_URL": url, "NNSERVE_POLL_INTERVAL": "0.5",
-              "NNSERVE_WORKERS": "1"}  # fmt: skip
+              "NNSERVE_WORKERS": "1", "NNSERVE_REPLICAS": "2"}  # fmt: skip
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     with (
@@ -312,3 +314,15 @@ def test_a_worker_crash_mid_request_gives_a_clean_error(two_workers: Server) -> 
         assert time.monotonic() < deadline
         time.sleep(0.1)
     stop(server.process, 30)
+
+
+def test_replicas_refuse_a_sqlite_log_with_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "NNSERVE_REPLICAS": "3", "NNSERVE_DATA_DIR": str(tmp_path / "data")}
+    env.pop("NNSERVE_PREDICTION_LOG_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "NNSERVE_REPLICAS=3 with the SQLite prediction log" in done.stderr
+    assert "NNSERVE_PREDICTION_LOG_URL=postgresql://" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was written

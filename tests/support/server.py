@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,17 @@ class Server:
 
 @contextmanager
 def running_server(
-    repository: Path, tmp_path: Path, ready_timeout: float = 60.0, **env: str
+    repository: Path,
+    tmp_path: Path,
+    ready_timeout: float = 60.0,
+    *,
+    args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    port: int | None = None,
+    **env: str,
 ) -> Iterator[Server]:
-    port = free_port()
+    """``python -m service *args``, run by ``prefix`` (e.g. setpriv) if given."""
+    port = port or free_port()
     log = tmp_path / f"server-{port}.log"
     environment = {
         **os.environ,
@@ -67,7 +75,7 @@ def running_server(
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
+            [*prefix, sys.executable, "-m", "service", *args],
             cwd=ROOT,
             env=environment,
             stdout=sink,

@@ -24,6 +24,7 @@ from predictionlog import (
     Store,
     UnknownPrediction,
     open_store,
+    redacted,
 )
 from predictionlog.retention import Usage
 from tests.support.paths import ROOT
@@ -421,6 +422,15 @@ def test_open_store_understands_urls_and_paths(
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="folder"):
         open_store(str(tmp_path))
+
+
+def test_urls_are_redacted_for_logs_and_reports() -> None:
+    assert (
+        redacted("postgresql://nnserve:s3cr:et@db:5432/log")
+        == "postgresql://nnserve:***@db:5432/log"
+    )
+    for kept in ("postgresql://nnserve@db/log", "postgresql://db/log", "sqlite:///x.db", "x.db"):
+        assert redacted(kept) == kept
 
 
 def test_bad_arguments_are_refused(sqlite_path: Path) -> None:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that training and the tests need, when they are missing.
 #   dataset-fashion-mnist  Fashion-MNIST IDX files for fashion-cnn (/usr/share/datasets/fashion-mnist)
-#   prometheus             prometheus + promtool for the ops checks (tests/test_deploy*.py)
-#   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests
 #   prometheus             `prometheus` and `promtool` for tests/test_deploy*.py (the tests run their
 #                          own Prometheus on a free loopback port, never the packaged service)
 #   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests (their own server)
 # Needs root (or sudo) and apt-get; elsewhere it says what to install and carries on.
+# Not from Debian: kubectl 1.21+ (its built-in kustomize renders deploy/kubernetes; bookworm's
+# kubernetes-client is 1.20, too old for kustomize components): these machines have it.
 set -euo pipefail
+command -v kubectl >/dev/null ||
+  echo "system-packages: kubectl not found: the Kubernetes manifest tests need kubectl 1.21+" >&2
 packages=(dataset-fashion-mnist prometheus postgresql)
 missing=()
 for p in "${packages[@]}"; do

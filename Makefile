@@ -7,12 +7,13 @@ PY     := $(VENV)/bin/python
 # pip finds the local CPU torch wheel through PIP_FIND_LINKS / pip.conf where the machine has one.
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test test-fast train check lint format bench system-packages clean help
+.PHONY: serve test test-fast train check lint format bench system-packages soak clean help
 
 help:
 	@echo "make serve   - serve models/ at http://127.0.0.1:8000 (serving dependencies only)"
 	@echo "make test    - install everything needed, then run the whole test suite"
 	@echo "make test-fast - the in-process tests only (no servers, no training): seconds"
+	@echo "make soak DURATION=600 - the soak of tests/endurance alone, DURATION seconds (default 600)"
 	@echo "make train   - train all three networks and publish new versions into models/"
 	@echo "make check   - ruff (lint + format check) and mypy"
 	@echo "make bench   - service vs raw onnxruntime on one core (wrk), scaling, capacity; results in bench/results/"
@@ -38,6 +39,12 @@ test: $(VENV)/.dev system-packages
 
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -m "not server and not slow"
+
+# The endurance soak alone, long (make test runs it for 60 s): DURATION seconds of mixed
+# traffic with version swaps, RSS of every process sampled (tests/endurance/test_soak.py).
+DURATION ?= 600
+soak: $(VENV)/.dev
+	NNSERVE_SOAK_SECONDS=$(DURATION) $(PY) -m pytest tests/endurance/test_soak.py -s
 
 train: $(VENV)/.dev system-packages
 	$(PY) -m training all

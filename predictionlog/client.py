@@ -179,6 +179,11 @@ class PredictionLog:
 
     # -- control -----------------------------------------------------------------------------
     def _ask(self, request: bytes, timeout: float) -> dict[str, Any] | None:
+        """One request, one answer. A request that got no answer in time (the writer is
+        stuck, e.g. waiting for another process's lock on the store) leaves its connection:
+        its answer comes later and would be read as the answer to the next request (a
+        flush answered by an old stats, or stats by a flush), so the next request goes on a
+        fresh one."""
         with self._control_lock:
             control = self._control
             if control is None:
@@ -188,11 +193,30 @@ class PredictionLog:
                 control.send(request)
                 answer = control.recv(1 << 20)
             except OSError:
+                answer = b""
+            if not answer:
+                self._renew_control(control)
                 return None
-        if not answer:
-            return None
         self.last_stats = orjson.loads(answer)
         return self.last_stats
+
+    def _renew_control(self, old: socket.socket) -> None:
+        """A fresh control connection in place of ``old`` (caller holds ``_control_lock``);
+        None if the writer cannot be reached (the next reconnect makes both again)."""
+        old.close()
+        fresh = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fresh.connect(str(self.socket_path))
+            fresh.send(CONTROL)
+        except OSError:
+            fresh.close()
+            if self._control is old:
+                self._control = None
+            return
+        if self._control is old:
+            self._control = fresh
+        else:  # reconnected meanwhile: keep that one
+            fresh.close()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Every row recorded before this call is committed (or counted dropped) when it
@@ -201,6 +225,10 @@ class PredictionLog:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
+                if self._data is not None and self._control is None:
+                    self._disconnect("no control connection to the log writer")
+                if self._data is None:
+                    self._reconnect(force=True)
                 self._send_backlog(force=True)
                 connected = self._data is not None and self._control is not None
                 done = connected and not self._backlog and not self._unreported

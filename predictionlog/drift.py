@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from modelrepo import ModelCard, read_card
 log = logging.getLogger("nnserve.predictionlog.drift")
 
 PSI_EPSILON = 1e-4  # keeps empty bins from making PSI infinite
+#: A version that is not among its model's ``KEEP_NEWEST`` newest and has sent no rows for
+#: ``IDLE_S`` seconds loses its tracker (a retired version's window would otherwise be kept
+#: for good: every version published since the writer started, 0.2-0.5 MB each).
+KEEP_NEWEST = 2
+IDLE_S = 60.0
 
 
 class Drift:
@@ -89,9 +95,11 @@ class Drifts:
         self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
         self.committed: dict[tuple[str, int], list[np.ndarray]] = {}
         self.trackers: dict[tuple[str, int], Drift | None] = {}
+        self.last_seen: dict[tuple[str, int], float] = {}  # monotonic time of its last rows
 
     def observe(self, model: str, version: int, inputs: np.ndarray) -> None:
         self.pending.setdefault((model, version), []).append(inputs)
+        self.last_seen[(model, version)] = time.monotonic()
 
     def written(self, ok: bool) -> None:
         """The pending rows were committed (or not: then they do not count either)."""
@@ -105,6 +113,7 @@ class Drifts:
         chunks of ``chunk`` rows with ``pause()`` between them (on a shared core a request
         never waits for a whole update: 2,000 rows of 30 features take about 3 ms)."""
         committed, self.committed = self.committed, {}
+        self._forget_idle(time.monotonic())
         for key, inputs in committed.items():
             if key not in self.trackers:
                 self.trackers[key] = self._tracker(*key)
@@ -121,6 +130,18 @@ class Drifts:
                     tracker.add(np.concatenate(part))
                     part, size = [], 0
                     pause()
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the trackers of versions retired meanwhile (see :data:`IDLE_S`)."""
+        newest: dict[str, list[int]] = {}
+        for model, version in self.trackers:
+            newest.setdefault(model, []).append(version)
+        for model, versions in newest.items():
+            for version in sorted(versions)[:-KEEP_NEWEST]:
+                key = (model, version)
+                if now - self.last_seen.get(key, now) > IDLE_S:
+                    del self.trackers[key]
+                    self.last_seen.pop(key, None)
 
     def figures(self) -> list[list[object]]:
         """``[model, version, feature, psi]`` of every tracked version."""

@@ -39,7 +39,8 @@ _SCHEMA = (
         input_shape TEXT NOT NULL,
         outputs BYTEA NOT NULL,
         output_shape TEXT NOT NULL,
-        label TEXT
+        label TEXT,
+        trace_id TEXT
     )""",
     "DROP INDEX IF EXISTS predictions_model_time",
     "CREATE INDEX IF NOT EXISTS predictions_seq ON predictions (seq)",
@@ -50,6 +51,10 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time)",
 )
+#: Columns added since the table was first made: (name, type), added to an older table when
+#: a store opens it (a nullable column: no rewrite; only when missing, since ALTER TABLE
+#: locks the table even when it has nothing to do).
+_ADDED = (("trace_id", "TEXT"),)
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -79,6 +84,19 @@ class PostgresStore(SQLStore):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                present = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = current_schema() AND table_name = 'predictions'"
+                    )
+                }
+                for column, kind in _ADDED:
+                    if column not in present:
+                        logger.info("adding column %s to the predictions table", column)
+                        conn.execute(
+                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}"
+                        )
         except BaseException:
             self.close()
             raise

@@ -51,6 +51,8 @@ class Prediction:
     inputs: np.ndarray  #: ONE instance's raw input, float32, any shape
     outputs: np.ndarray  #: that instance's output vector, float32 (class probabilities)
     label: str | None  #: predicted class label (None for non-classifiers)
+    #: the trace of the request that made it (32 hex digits), when the service traced it
+    trace_id: str | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -59,8 +61,8 @@ class Prediction:
         if not isinstance(other, Prediction):
             return NotImplemented
         return (
-            (self.id, self.time, self.model, self.version, self.label)
-            == (other.id, other.time, other.model, other.version, other.label)
+            (self.id, self.time, self.model, self.version, self.label, self.trace_id)
+            == (other.id, other.time, other.model, other.version, other.label, other.trace_id)
             and _same_array(self.inputs, other.inputs)
             and _same_array(self.outputs, other.outputs)
         )
@@ -101,9 +103,11 @@ def decode_array(data: bytes | memoryview, shape: str) -> np.ndarray:
 
 
 #: The column order both stores use for the predictions table (after their own bookkeeping).
-COLUMNS = "id, time, model, version, inputs, input_shape, outputs, output_shape, label"
+COLUMNS = "id, time, model, version, inputs, input_shape, outputs, output_shape, label, trace_id"
+#: How many columns that is (a query selecting COLUMNS and more finds the rest after them).
+NCOLUMNS = COLUMNS.count(",") + 1
 
-Row = tuple[str, float, str, int, bytes, str, bytes, str, str | None]
+Row = tuple[str, float, str, int, bytes, str, bytes, str, str | None, str | None]
 
 
 def to_row(prediction: Prediction) -> Row:
@@ -120,12 +124,14 @@ def to_row(prediction: Prediction) -> Row:
         outputs,
         output_shape,
         prediction.label,
+        prediction.trace_id,
     )
 
 
 def from_row(row: Sequence[Any]) -> Prediction:
-    """A prediction from the first nine columns of a query that selected :data:`COLUMNS`."""
-    id_, time, model, version, inputs, input_shape, outputs, output_shape, label = row[:9]
+    """A prediction from the first columns of a query that selected :data:`COLUMNS`."""
+    columns = row[:NCOLUMNS]
+    id_, time, model, version, inputs, input_shape, outputs, output_shape, label, trace = columns
     return Prediction(
         id=str(id_),
         time=float(time),
@@ -134,4 +140,5 @@ def from_row(row: Sequence[Any]) -> Prediction:
         inputs=decode_array(inputs, str(input_shape)),
         outputs=decode_array(outputs, str(output_shape)),
         label=None if label is None else str(label),
+        trace_id=None if trace is None else str(trace),
     )

@@ -14,6 +14,7 @@ from typing import Any, Self
 
 from predictionlog.records import (
     COLUMNS,
+    NCOLUMNS,
     Feedback,
     FeedbackConflict,
     Prediction,
@@ -111,7 +112,7 @@ class SQLStore:
                 ),
                 (model,),
             ).fetchall()
-        return [(from_row(row), str(row[9])) for row in rows]
+        return [(from_row(row), str(row[NCOLUMNS])) for row in rows]
 
     def count_predictions(self, model: str | None = None) -> int:
         with self._connection() as conn:
@@ -195,6 +196,7 @@ class SQLStore:
         self.close()
 
 
-INSERT_PREDICTIONS = f"INSERT INTO predictions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) " + (
+INSERT_PREDICTIONS = (
+    f"INSERT INTO predictions ({COLUMNS}) VALUES ({', '.join('?' * NCOLUMNS)}) "
     "ON CONFLICT (id) DO NOTHING"
 )

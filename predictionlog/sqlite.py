@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     input_shape TEXT NOT NULL,
     outputs BLOB NOT NULL,
     output_shape TEXT NOT NULL,
-    label TEXT
+    label TEXT,
+    trace_id TEXT
 );
 DROP INDEX IF EXISTS predictions_model_time;
 CREATE TABLE IF NOT EXISTS feedback (
@@ -50,6 +51,9 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time);
 """
+#: Columns added since the table was first made: (name, type), added to an older file when
+#: it is opened (SQLite adds a nullable column without rewriting the table).
+_ADDED = (("trace_id", "TEXT"),)
 
 
 class SQLiteStore(SQLStore):
@@ -77,6 +81,11 @@ class SQLiteStore(SQLStore):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                present = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+                for column, kind in _ADDED:
+                    if column not in present:
+                        logger.info("adding column %s to the predictions table", column)
+                        conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
         except BaseException:
             self.close()
             raise

@@ -3,7 +3,8 @@
 
 A **batch** message carries the predictions of one inference run of one model version: a
 small JSON head (model, version, time, ids, predicted labels, array shapes) and the raw
-little-endian float32 bytes of the inputs and outputs, as they came out of onnxruntime. No
+little-endian float32 bytes of the inputs and outputs, as they came out of onnxruntime; with
+tracing on, the head also lists each row's trace id (``traces``; absent otherwise). No
 pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and nothing it reads
 can run code.
 
@@ -44,12 +45,15 @@ class Batch(NamedTuple):
     inputs: np.ndarray  # [n, ...] float32
     outputs: np.ndarray  # [n, k] float32
     labels: Sequence[str | None]
+    #: Each row's trace id (the service traced the requests), or None: no trace ids at all.
+    traces: Sequence[str | None] | None = None
 
     def rows(self) -> Iterator[Row]:
         """Predictions-table rows (see ``records.COLUMNS``)."""
         input_shape = orjson.dumps(list(self.inputs.shape[1:])).decode()
         output_shape = orjson.dumps(list(self.outputs.shape[1:])).decode()
         inputs, outputs = self.inputs, self.outputs
+        traces = self.traces
         for i, pid in enumerate(self.ids):
             yield (
                 pid,
@@ -61,6 +65,7 @@ class Batch(NamedTuple):
                 outputs[i].tobytes(),
                 output_shape,
                 self.labels[i],
+                None if traces is None else traces[i],
             )
 
 
@@ -69,13 +74,17 @@ def encode(batch: Batch) -> list[bytes]:
     than that cannot be sent and gives ``[]`` (the caller counts it as dropped)."""
     inputs, outputs = _stored(batch.inputs), _stored(batch.outputs)
     n = len(batch.ids)
-    if inputs.nbytes + outputs.nbytes + 64 * n + 512 <= MAX_MESSAGE:  # the usual case: one
-        return [_message(batch, inputs, outputs, batch.ids, batch.labels)]
-    step = max(1, (MAX_MESSAGE - 1024) // ((inputs.nbytes + outputs.nbytes) // n + 64))
+    per_row = 64 if batch.traces is None else 104  # the head's id, label (and trace id)
+    if inputs.nbytes + outputs.nbytes + per_row * n + 512 <= MAX_MESSAGE:  # the usual case
+        return [_message(batch, inputs, outputs, batch.ids, batch.labels, batch.traces)]
+    step = max(1, (MAX_MESSAGE - 1024) // ((inputs.nbytes + outputs.nbytes) // n + per_row))
     messages = []
     for start in range(0, n, step):
         part = slice(start, min(n, start + step))
-        message = _message(batch, inputs[part], outputs[part], batch.ids[part], batch.labels[part])
+        traces = None if batch.traces is None else batch.traces[part]
+        message = _message(
+            batch, inputs[part], outputs[part], batch.ids[part], batch.labels[part], traces
+        )
         if len(message) > MAX_MESSAGE:
             return []
         messages.append(message)
@@ -94,19 +103,21 @@ def _message(
     outputs: np.ndarray,
     ids: Sequence[str],
     labels: Sequence[str | None],
+    traces: Sequence[str | None] | None,
 ) -> bytes:
-    head = orjson.dumps(
-        {
-            "model": batch.model,
-            "version": batch.version,
-            "time": batch.time,
-            "ids": ids,
-            "labels": labels,
-            "inputs": inputs.shape[1:],
-            "outputs": outputs.shape[1:],
-        }
-    )
-    return b"".join((_HEAD.pack(BATCH, len(head)), head, inputs.data, outputs.data))
+    head: dict[str, object] = {
+        "model": batch.model,
+        "version": batch.version,
+        "time": batch.time,
+        "ids": ids,
+        "labels": labels,
+        "inputs": inputs.shape[1:],
+        "outputs": outputs.shape[1:],
+    }
+    if traces is not None:
+        head["traces"] = traces
+    head_bytes = orjson.dumps(head)
+    return b"".join((_HEAD.pack(BATCH, len(head_bytes)), head_bytes, inputs.data, outputs.data))
 
 
 def encode_dropped(rows: int) -> bytes:
@@ -128,7 +139,7 @@ def decode(message: bytes) -> Batch:
             raise ValueError(f"not a batch message: {kind!r}")
         start = _HEAD.size + length
         head = orjson.loads(message[_HEAD.size : start])
-        ids, labels = head["ids"], head["labels"]
+        ids, labels, traces = head["ids"], head["labels"], head.get("traces")
         n = len(ids)
         in_shape, out_shape = (n, *head["inputs"]), (n, *head["outputs"])
         in_bytes = prod(in_shape) * 4
@@ -138,9 +149,11 @@ def decode(message: bytes) -> Batch:
         )
         if len(labels) != n or len(message) != start + in_bytes + outputs.nbytes:
             raise ValueError("the ids, labels and tensors do not match")
+        if traces is not None and len(traces) != n:
+            raise ValueError("the ids and trace ids do not match")
         return Batch(
             str(head["model"]), int(head["version"]), float(head["time"]), ids, inputs, outputs,
-            labels,
+            labels, traces,
         )  # fmt: skip
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed batch message: {exc}") from exc

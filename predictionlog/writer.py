@@ -156,6 +156,8 @@ class Writer:
     def _read(self, conn: socket.socket, limit: int = 256) -> None:
         """Up to ``limit`` messages from one connection (no connection starves the others)."""
         for _ in range(limit):
+            if conn not in self.connections:  # closed while answering it
+                return
             try:
                 message = conn.recv(MAX_MESSAGE)
             except BlockingIOError:
@@ -220,6 +222,10 @@ class Writer:
             pass
 
     def _close(self, conn: socket.socket) -> None:
+        """Once per connection: a connection closed while answering it (its peer gave up
+        waiting and went) is seen again by the read loop it was answered from."""
+        if conn not in self.connections:
+            return
         self.connections.discard(conn)
         if conn in self.data:
             self.data.discard(conn)

@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.dataplane import DataPlane, PredictionRecorder
-from service.http.app import ServiceApp, build
+from service.http.app import ServiceApp, build, document_models
 from service.http.state import EdgeState
 from service.journal import Journal, writer_socket
+from service.observability import tracing
 from service.observability.metrics import Metrics
 from service.observability.quality import Quality
 from service.repository.control import ModelControl
@@ -36,6 +37,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
     shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR") if settings.run_dir else None
     metrics = Metrics(multiprocess=Path(shared) if shared else None)
+    # OTEL_* tracing, set up here: in each worker after the fork (gunicorn's load()), never in
+    # the process manager before it (a batch span processor's thread does not survive a fork)
+    traced = tracing.setup()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -82,6 +86,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             journal.store if journal else None,
             settings.retention().describe() if journal else "",
         )
+        registry.on_change = document_models(app, plane)  # OpenAPI: per served model
         try:
             yield {"nnserve": EdgeState(settings, metrics, plane)}
         finally:
@@ -92,6 +97,8 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
             executor.shutdown(wait=True)
             if journal is not None:  # everything accepted is written before exit
                 await asyncio.to_thread(journal.close)
+            if traced:  # the spans still waiting are exported
+                await asyncio.to_thread(tracing.shutdown)
             log.info("stopped")
 
-    return build(metrics, lifespan)
+    return build(metrics, lifespan, settings.key_ring(), settings.api_keys_protect_metrics)

@@ -4,6 +4,10 @@ data plane as an argument. Frozen: layers below read it, none writes it back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +17,9 @@ class RequestContext:
     request_id: str
     #: Absolute ``time.perf_counter()`` deadline: past it the request gets DeadlineExceeded.
     deadline: float
+    #: The request's span while tracing is on (``service.observability.tracing``), else None:
+    #: the batch it runs in becomes part of its trace.
+    trace: Span | None = None
 
     def prediction_ids(self, n: int) -> list[str]:
         """The request id for a lone prediction, ``<request id>-<index>`` for each of several."""

@@ -19,6 +19,7 @@ from predictionlog import Batch, Feedback, FeedbackConflict, PredictionLog, Stor
 from predictionlog import UnknownPrediction as NotInStore
 from service.context import RequestContext
 from service.errors import Conflict, InvalidInput, ModelNotFound, ModelNotReady, UnknownPrediction
+from service.observability import tracing
 from service.repository.registry import Registry, ServedVersion, VersionState
 from service.runtime.batcher import Result
 from service.runtime.model import ServedModel
@@ -27,12 +28,19 @@ from service.runtime.model import ServedModel
 @dataclass(frozen=True)
 class PredictionRecorder:
     """The batchers' run hook: each onnxruntime run's predictions go to the log writer as
-    one message (one ``send``; never blocks), before any of its requests is answered."""
+    one message (one ``send``; never blocks), before any of its requests is answered. With
+    tracing on, each row carries its request's trace id, and the hand-over is a
+    ``prediction-log write`` span under the run's."""
 
     log: PredictionLog
 
     def __call__(
-        self, model: ServedModel, inputs: np.ndarray, outputs: list[np.ndarray], ids: list[str]
+        self,
+        model: ServedModel,
+        inputs: np.ndarray,
+        outputs: list[np.ndarray],
+        ids: list[str],
+        trace: tracing.RunTrace | None = None,
     ) -> bool:
         if not self.log.sampled():
             return False
@@ -42,9 +50,25 @@ class PredictionRecorder:
         names: list[str | None] = (
             [labels[i] for i in scores.argmax(axis=1).tolist()] if labels else [None] * len(ids)
         )
-        return self.log.record(
-            Batch(model.name, model.version, time.time(), ids, inputs, scores, names)
+        batch = Batch(
+            model.name,
+            model.version,
+            time.time(),
+            ids,
+            inputs,
+            scores,
+            names,
+            None if trace is None else trace.trace_ids,
         )
+        if trace is None or trace.span is None:  # untraced, or no request of the run sampled
+            return self.log.record(batch)
+        span = tracing.child(trace.span, "prediction-log write", {"nnserve.rows": len(ids)})
+        try:
+            logged = self.log.record(batch)
+            span.set_attribute("nnserve.prediction_log.logged", logged)
+            return logged
+        finally:
+            span.end()
 
 
 #: How long feedback waits for a prediction id it cannot find yet. This process's own rows
@@ -91,7 +115,7 @@ class DataPlane:
     ) -> Result:
         """Every output for ``batch`` (one row per id), run in some batch before the request's
         deadline, and whether the predictions went to the prediction log under ``ids``."""
-        return await served.batcher.submit(batch, ctx.deadline, ids)
+        return await served.batcher.submit(batch, ctx.deadline, ids, ctx.trace)
 
     # -- feedback ----------------------------------------------------------------------------
     async def feedback(self, model: str, pairs: list[tuple[str, str]]) -> dict[str, int]:

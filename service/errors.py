@@ -3,7 +3,7 @@ edge maps this tree to its own codes in one table (``service.http.errors`` for H
 
     NNServeError
      ├── InvalidInput        the request is malformed or does not fit the model
-     ├── Unauthorized        management call with a missing or wrong token
+     ├── Unauthorized        a missing or wrong API key or management token
      ├── Forbidden           the management API is off (no token configured)
      ├── ModelNotFound       unknown model or version
      ├── UnknownPrediction   feedback for a prediction id that was never logged

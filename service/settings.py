@@ -11,12 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from predictionlog import Retention
 from predictionlog.store import POSTGRES_SCHEMES
 from service.cpus import usable_cpus, worker_count
+from service.keys import KeyRing, digest
 from service.repository.policy import ModelPolicy, VersionPolicy, check_policy
 from service.runtime.batcher import BatchConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NNSERVE_", extra="ignore")
+    # an invalid-settings error must not print the values: NNSERVE_ADMIN_TOKEN is one of them
+    model_config = SettingsConfigDict(
+        env_prefix="NNSERVE_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -27,6 +31,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     #: Bearer token of the management API (repository extension); unset = API off (403).
     admin_token: SecretStr | None = None
+    #: API keys of the inference, feedback and model metadata routes (README, "Access
+    #: control"); off while neither this nor ``api_keys`` is set. A file of ``key_id:sha256``
+    #: lines (``python -m service.keys new ID`` makes one), re-read within a second of a change.
+    api_keys_file: Path | None = None
+    #: API keys given inline, beside or instead of the file: ``id:sha256_hex,id2:sha256_hex``.
+    api_keys: str | None = None
+    #: With API keys on, ``/metrics`` needs a key too (default: open, for Prometheus scrapes).
+    api_keys_protect_metrics: bool = False
     #: Worker processes serving requests (one event loop each), or ``auto``: one per CPU this
     #: process may use (``os.sched_getaffinity``).
     workers: int | Literal["auto"] = "auto"
@@ -59,6 +71,19 @@ class Settings(BaseSettings):
     request_timeout_ms: float = Field(default=30_000, gt=0)
     #: Longest wait for in-flight requests at shutdown and for a retired version to drain.
     drain_timeout: float = Field(default=30.0, ge=0)
+    #: Client connections (``service.http.connections``): seconds a request head may take,
+    #: from the accept (or a kept-alive connection's next first byte); then 408 and close.
+    header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a request body may take, from its head; then 408 and close.
+    body_timeout: float = Field(default=30.0, gt=0)
+    #: Seconds an idle connection is kept open between requests.
+    keepalive_timeout: float = Field(default=5.0, ge=0)
+    #: Seconds from its accept after which a connection's next response closes it (so that
+    #: client pools rebalance over workers and replicas); 0 = no limit.
+    keepalive_max_age: float = Field(default=300.0, ge=0)
+    #: Open connections per worker process served before 503; unset: 4096, or what the
+    #: open-file limit allows (it keeps descriptors for its files and health probes).
+    max_connections: int | None = Field(default=None, ge=1)
 
     #: Folder for the service's own data (the SQLite prediction log).
     data_dir: Path = Path("data")
@@ -106,6 +131,19 @@ class Settings(BaseSettings):
                 "postgresql://... (one log for every replica) or NNSERVE_PREDICTION_LOG=false"
             )
         return self
+
+    @model_validator(mode="after")
+    def _api_keys(self) -> Settings:
+        self.key_ring()  # an unusable key list or file stops the start (KeyFileError)
+        return self
+
+    def key_ring(self) -> KeyRing | None:
+        """The API keys, or None when access control is off. Raises ``KeyFileError``."""
+        if self.api_keys_file is None and not self.api_keys:
+            return None
+        admin = self.admin_token
+        refused = [digest(admin.get_secret_value().encode())] if admin else []
+        return KeyRing(self.api_keys, self.api_keys_file, refused)
 
     def shared_log(self) -> bool:
         """Whether the prediction log is a server that several replicas can share."""

@@ -23,6 +23,7 @@ from prometheus_client import multiprocess
 from uvicorn_worker import UvicornWorker
 
 from predictionlog import WriterProcess
+from service.http.connections import ConnectionLimits, connection_class
 from service.journal import restart_if_gone, start_writer, writer_socket
 from service.observability.logs import configure
 from service.settings import Settings
@@ -35,7 +36,7 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 (the base class's attribute)
         "loop": "auto",
-        "http": "auto",
+        "http": "httptools",  # service.http.connections's subclass of it, set below
         "lifespan": "on",
         "access_log": False,
         "proxy_headers": False,  # nothing here reads client addresses; skip that middleware
@@ -47,6 +48,9 @@ class Worker(UvicornWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         drain = self.app.settings.drain_timeout  # in-flight requests finish within it
         self.config.timeout_graceful_shutdown = int(drain) or None
+        # httptools with read deadlines, a connection cap and keep-alive limits (its own
+        # keep-alive timeout: NNSERVE_KEEPALIVE_TIMEOUT, not gunicorn's ``keepalive``)
+        self.config.http = connection_class(ConnectionLimits.of(self.app.settings))
 
 
 class Supervisor(Arbiter):  # type: ignore[misc]
@@ -77,7 +81,6 @@ class Service(BaseApplication):  # type: ignore[misc]
             "timeout": 120,
             # SIGTERM: workers stop accepting and finish what is in flight, for this long
             "graceful_timeout": int(drain) + 5 if drain else 30,
-            "keepalive": 5,
             "backlog": 2048,
             "loglevel": settings.log_level,
             "accesslog": None,

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
+from service.dataplane import DataPlane
 from service.errors import InvalidInput, NNServeError
 from service.http import inference, repository, v1, v2
+from service.http.auth import HEALTH, ApiKeyGuard
 from service.http.edge import RequestObserver
 from service.http.fastpath import FastPath
+from service.http.openapi import Catalog, add_models, catalog
 from service.http.responses import error_response, json_response
 from service.http.state import state
+from service.keys import KeyRing
+from service.observability import tracing
 from service.observability.metrics import CONTENT_TYPE, Metrics
-from service.protocol.schemas import V1Feedback
 
 DESCRIPTION = """Serves the networks in the model repository with onnxruntime.
 
@@ -31,11 +34,6 @@ DESCRIPTION = """Serves the networks in the model repository with onnxruntime.
 * **Friendly JSON** under `/v1`: `{"instances": [...]}` → `{"predictions": [...]}`.
 * Prometheus metrics at `/metrics`. Errors are `{"error": "..."}` with a 4xx/5xx status.
 """
-#: Request bodies the codecs decode themselves, documented by reference (see ``openapi``).
-DECODED_BODIES: list[type[BaseModel]] = [
-    *dict.fromkeys(route.request for route in inference.ROUTES),
-    V1Feedback,
-]
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]
 
@@ -48,6 +46,8 @@ class ServiceApp(FastAPI):
     """
 
     edge: ASGIApp | None = None
+    #: The served models the OpenAPI document describes (set by ``document_models``).
+    catalog: Callable[[], Catalog] | None = None
 
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
@@ -59,21 +59,35 @@ class ServiceApp(FastAPI):
             await self.edge(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
-        """FastAPI's document, plus the schemas of the bodies that routes decode with the
-        protocol codecs rather than through FastAPI (they refer to them by name)."""
+        """FastAPI's document, plus the bodies the codecs decode (generic, and per served
+        model on concrete paths: ``service.http.openapi``). Built on the first request after
+        the served models changed (``document_models``)."""
         if self.openapi_schema is None:
-            schema = super().openapi()
-            _, defs = models_json_schema(
-                [(m, "validation") for m in DECODED_BODIES],
-                ref_template="#/components/schemas/{model}",
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                defs.get("$defs", {})
-            )
+            add_models(super().openapi(), *(self.catalog() if self.catalog else ({}, [])))
         return self.openapi_schema  # type: ignore[return-value]
 
 
-def build(metrics: Metrics, lifespan: Lifespan) -> ServiceApp:
+def document_models(app: FastAPI, plane: DataPlane) -> Callable[[], None]:
+    """Have ``app``'s OpenAPI document describe ``plane``'s models; returns what the registry
+    calls on every load, unload and swap (the next request for the document rebuilds it)."""
+
+    def changed() -> None:
+        app.openapi_schema = None
+
+    if isinstance(app, ServiceApp):
+        app.catalog = functools.partial(catalog, plane)
+    changed()
+    return changed
+
+
+def build(
+    metrics: Metrics,
+    lifespan: Lifespan,
+    keys: KeyRing | None = None,
+    protect_metrics: bool = False,
+) -> ServiceApp:
+    """``keys``: API keys guard every route but health, management (and ``/metrics`` unless
+    ``protect_metrics``); None: no guard in the chain at all."""
     app = ServiceApp(
         title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan
     )
@@ -82,7 +96,13 @@ def build(metrics: Metrics, lifespan: Lifespan) -> ServiceApp:
     app.include_router(v1.router)
     app.include_router(repository.router)
 
-    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics (text format)")
+    @app.get(
+        "/metrics",
+        tags=["Operations"],
+        summary="Prometheus metrics (text format)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus(request: Request) -> Response:
         # a thread: the collector asks the log writer for its figures (bounded wait)
         body = await asyncio.to_thread(state(request).metrics.render)
@@ -102,5 +122,13 @@ def build(metrics: Metrics, lifespan: Lifespan) -> ServiceApp:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(InvalidInput(f"{where}: {first.get('msg', 'invalid request')}"))
 
-    app.edge = RequestObserver(FastPath(app.framework), metrics)
+    inner: ASGIApp = FastPath(app.framework)
+    if keys is not None:
+        open_paths = HEALTH if protect_metrics else HEALTH | {"/metrics"}
+        inner = ApiKeyGuard(inner, keys, metrics, open_paths)
+    app.edge = RequestObserver(inner, metrics)
+    if tracing.tracer is not None:  # the server spans; off, not in the chain at all
+        from service.http.tracing import TracingEdge
+
+        app.edge = TracingEdge(app.edge)
     return app

@@ -31,6 +31,15 @@ def protocol_of(path: str) -> str:
     return "metrics" if path == "/metrics" else "other"
 
 
+def _line_fields(record: Exchange, status: int, seconds: float) -> dict[str, object]:
+    """The access log line's fields; ``key``: the API key's id when the route needs one
+    (``service.http.auth``), never the key itself."""
+    fields: dict[str, object] = {"status": status, "seconds": round(seconds, 6)}
+    if record.key:
+        fields["key"] = record.key
+    return fields
+
+
 class RequestObserver:
     """Pure ASGI middleware: the per-request choke point for metrics and logging.
 
@@ -133,7 +142,7 @@ class RequestObserver:
                     scope["method"],
                     scope["path"],
                     status,
-                    extra={"status": status, "seconds": round(seconds, 6)},
+                    extra=_line_fields(record, status, seconds),
                 )
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -141,6 +150,6 @@ class RequestObserver:
                     scope["method"],
                     scope["path"],
                     status,
-                    extra={"status": status, "seconds": round(seconds, 6)},
+                    extra=_line_fields(record, status, seconds),
                 )
             request_id.reset(token)

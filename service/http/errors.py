@@ -20,7 +20,7 @@ class MethodNotAllowed(e.NNServeError):
 #: The table. The first entry the error is an instance of decides (subclasses inherit).
 STATUS: tuple[tuple[type[e.NNServeError], int, str], ...] = (
     (e.InvalidInput, 400, "bad input: which field, what was expected, what came"),
-    (e.Unauthorized, 401, "management call without the right bearer token"),
+    (e.Unauthorized, 401, "no valid API key (when on), or wrong management token"),
     (e.Forbidden, 403, "management API off (no NNSERVE_ADMIN_TOKEN)"),
     (e.ModelNotFound, 404, "unknown model, version or prediction id"),
     (MethodNotAllowed, 405, "wrong HTTP method"),

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Request
-from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
@@ -33,13 +32,8 @@ from service.http.requests import (
 )
 from service.http.responses import Reply
 from service.http.state import EdgeState
+from service.observability import tracing
 from service.protocol import v1, v2
-from service.protocol.schemas import (
-    V1PredictRequest,
-    V1PredictResponse,
-    V2InferRequest,
-    V2InferResponse,
-)
 from service.repository.registry import ServedVersion
 from service.runtime.batcher import Result
 
@@ -110,7 +104,9 @@ async def serve(
         with edge.plane.lease(name, version) as served:
             record.resolved(served.model)
             ctx = RequestContext(
-                record.request_id, deadline(headers, edge.settings.request_timeout_ms / 1000)
+                record.request_id,
+                deadline(headers, edge.settings.request_timeout_ms / 1000),
+                tracing.current_span() if tracing.tracer is not None else None,
             )
             body = await read_body(
                 receive, headers.get(b"content-length"), edge.settings.max_body_bytes
@@ -137,7 +133,12 @@ def _headers(
         str | None, Header(alias="X-Request-Id", description="your id for this request (echoed)")
     ] = None,
     x_request_timeout_ms: Annotated[
-        str | None, Header(alias="X-Request-Timeout-Ms", description="deadline in milliseconds")
+        str | None,
+        Header(
+            alias="X-Request-Timeout-Ms",
+            description="deadline in milliseconds (a positive number)",
+            json_schema_extra={"pattern": r"^[0-9]*[1-9][0-9]*$"},  # documented, not checked
+        ),
     ] = None,
 ) -> None:
     """Request headers every prediction call reads."""
@@ -149,10 +150,19 @@ def _binary_header(
         Header(
             alias="Inference-Header-Content-Length",
             description="length of the JSON header when binary tensors follow it",
+            json_schema_extra={"pattern": r"^[0-9]+$"},
         ),
     ] = None,
 ) -> None:
     """The binary tensor data extension's header."""
+
+
+_BINARY = {
+    "type": "string",
+    "format": "binary",
+    "description": "binary tensor data extension: the JSON header (its length in "
+    "Inference-Header-Content-Length) followed by the raw tensors",
+}
 
 
 @dataclass(frozen=True)
@@ -161,28 +171,29 @@ class HotRoute:
     handler: Handler
     tag: str
     summary: str
-    request: type[BaseModel]
-    response: type[BaseModel]
+    #: the generic bodies' component names (``service.http.openapi.GENERIC``)
+    request: str
+    response: str
     parameters: tuple[Callable[..., None], ...]
     binary: bool  # the binary tensor data extension
 
     def request_body(self) -> dict[str, Any]:
         """The OpenAPI request body (the codec, not FastAPI, decodes it: see module doc)."""
         content: dict[str, Any] = {
-            "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{self.request.__name__}"}
-            }
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{self.request}"}}
         }
         if self.binary:
-            content["application/octet-stream"] = {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "binary tensor data extension: the JSON header (its length "
-                    "in Inference-Header-Content-Length) followed by the raw tensors",
-                }
-            }
+            content["application/octet-stream"] = {"schema": _BINARY}
         return {"requestBody": {"required": True, "content": content}}
+
+    def responses(self) -> dict[int | str, dict[str, Any]]:
+        """The OpenAPI responses: the body (JSON, or binary tensors too), and the errors."""
+        content: dict[str, Any] = {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{self.response}"}}
+        }
+        if self.binary:  # binary_data_output / binary_data: the JSON header, then tensors
+            content["application/octet-stream"] = {"schema": _BINARY}
+        return {200: {"description": "Successful Response", "content": content}, **ERRORS}
 
     def endpoint(self) -> Callable[[Request], Awaitable[Response]]:
         """The FastAPI endpoint: the same :func:`serve` as the fast path."""
@@ -209,8 +220,8 @@ ROUTES = (
         predict_v1,
         V1_TAG,
         "Predict",
-        V1PredictRequest,
-        V1PredictResponse,
+        "V1PredictRequest",
+        "V1PredictResponse",
         (_model, _headers),
         binary=False,
     ),
@@ -219,8 +230,8 @@ ROUTES = (
         infer_v2,
         V2_TAG,
         "Inference",
-        V2InferRequest,
-        V2InferResponse,
+        "V2InferRequest",
+        "V2InferResponse",
         (_model, _headers, _binary_header),
         binary=True,
     ),
@@ -229,8 +240,8 @@ ROUTES = (
         infer_v2,
         V2_TAG,
         "Inference on one version",
-        V2InferRequest,
-        V2InferResponse,
+        "V2InferRequest",
+        "V2InferResponse",
         (_model_version, _headers, _binary_header),
         binary=True,
     ),
@@ -249,8 +260,8 @@ def router() -> APIRouter:
             methods=["POST"],
             tags=[route.tag],
             summary=route.summary,
-            response_model=route.response,
-            responses=ERRORS,
+            response_model=None,
+            responses=route.responses(),
             dependencies=[Depends(p) for p in route.parameters],
             openapi_extra=route.request_body(),
         )

@@ -27,6 +27,8 @@ class Exchange:
     protocol: str
     model: str = ""
     version: str = ""
+    #: The API key's id (or missing / invalid) when the route needs one: ``service.http.auth``.
+    key: str = ""
 
     def resolved(self, model: ServedModel) -> None:
         self.model, self.version = model.name, str(model.version)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.http.errors import ERRORS
+from service.http.errors import ERRORS, documented
 from service.http.requests import read_body
 from service.http.responses import json_response
 from service.http.state import served_model, state
 from service.protocol import v1
-from service.protocol.schemas import V1Feedback, V1FeedbackResponse, V1ModelList
+from service.protocol.schemas import V1FeedbackResponse, V1ModelList
 
 router = APIRouter(prefix="/v1", tags=["Friendly JSON (v1)"], responses=ERRORS)
 
@@ -29,14 +29,13 @@ async def describe(request: Request, model_name: str) -> Response:
 @router.post(
     "/models/{model_name}/feedback",
     response_model=V1FeedbackResponse,
+    responses=documented(409),
     summary="Ground truth for logged predictions",
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{V1Feedback.__name__}"}
-                }
+                "application/json": {"schema": {"$ref": "#/components/schemas/V1Feedback"}}
             },
         }
     },

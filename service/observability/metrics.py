@@ -185,6 +185,29 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # client connections (service.http.connections): counted when shed, open ones and
+        # the cap set by each worker's sweep (no per-request cost); summed over workers
+        self.connections_shed = Counter(
+            "nnserve_connections_shed",
+            "Client connections closed by the server's limits, by reason: header_timeout, "
+            "body_timeout (408), evicted_idle, evicted_slow (408; to make room at the cap), "
+            "over_capacity (503 beyond NNSERVE_MAX_CONNECTIONS, or no head in time), refused "
+            "(closed at accept)",
+            ["reason"],
+            registry=registry,
+        )
+        self.connections_open = Gauge(
+            "nnserve_connections_open",
+            "Open client connections",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connections_limit = Gauge(
+            "nnserve_connections_limit",
+            "Connections served before 503 (NNSERVE_MAX_CONNECTIONS per worker, summed)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.queue_duration = Histogram(
             "nnserve_queue_duration_seconds",
             "Time a request waited before its inference ran",
@@ -257,6 +280,16 @@ class Metrics:
             [*mv, "kind", "sha256", "dataset", "test_accuracy", "origin"],
             registry=registry,
             multiprocess_mode="livemax",
+        )
+        #: A counter of its own rather than a ``key`` label on nnserve_requests_total, whose
+        #: labels dashboards and alerts depend on. Observed by ``service.http.auth``; ``key``
+        #: is a configured key id or missing / invalid (bounded by the configuration).
+        self.api_key_requests = Counter(
+            "nnserve_api_key_requests",
+            "Calls to routes that need an API key, by key id (or missing / invalid) and "
+            "outcome (accepted, rejected)",
+            ["key", "outcome"],
+            registry=registry,
         )
 
     # -- model lifecycle -------------------------------------------------------------------

@@ -82,3 +82,15 @@ def from_bytes(name: str, datatype: str, shape: list[int], raw: bytes | memoryvi
             f"input {name!r}: shape {shape} of {datatype} needs {expected} bytes, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def check_outputs(model: str, names: list[str], values: list[np.ndarray]) -> None:
+    """A request's outputs must be finite: NaN and ±inf are no JSON numbers (they would go
+    out as null) nor predictions. Inputs far beyond what a model saw in training (finite,
+    but near the float32 limit where the card declares no range) overflow inside it."""
+    for name, value in zip(names, values, strict=True):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise InvalidInput(
+                f"model {model!r}: output {name!r} is not finite (NaN or infinity) for these "
+                "inputs; values this large overflow the model"
+            )

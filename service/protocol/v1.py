@@ -14,7 +14,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.protocol.jsonbody import parse_json_body
-from service.protocol.tensors import from_json
+from service.protocol.tensors import check_outputs, from_json
 from service.runtime.model import ServedModel
 
 Group = tuple[list[int] | None, np.ndarray]  # (instance positions or None for all, batch)
@@ -101,6 +101,8 @@ def encode(
     label and per-class probabilities."""
     labels = model.card.labels
     index = model.probabilities_index if model.probabilities_index is not None else -1
+    for values in outputs:
+        check_outputs(model.name, model.output_names, values)
     predictions: list[Any] = [None] * len(ids)
     for (positions, _), values in zip(groups, outputs, strict=True):
         scores = values[index]

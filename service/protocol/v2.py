@@ -19,6 +19,7 @@ from service.protocol.tensors import (
     FLOAT_COMPATIBLE,
     V2_DTYPES,
     check_declared_type,
+    check_outputs,
     from_bytes,
     from_json,
 )
@@ -77,7 +78,7 @@ def decode(body: bytes, header_length: int | None, model: ServedModel) -> InferR
         raise InvalidInput(
             f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}"
         )
-    if datatype not in FLOAT_COMPATIBLE:
+    if not isinstance(datatype, str) or datatype not in FLOAT_COMPATIBLE:
         raise InvalidInput(
             f"input {name!r}: datatype {datatype!r} is not accepted; "
             f"expected {spec.datatype} or another numeric type "
@@ -154,6 +155,7 @@ def encode(
     model: ServedModel, request: InferRequest, values: list[np.ndarray], request_id: str
 ) -> tuple[bytes, int | None]:
     """Response body and, when any output is binary, the JSON header's length."""
+    check_outputs(model.name, model.output_names, values)
     by_name = dict(zip(model.output_names, values, strict=True))
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []

@@ -89,6 +89,7 @@ class Registry:
         on_unload: Callable[[ModelCard], None] | None = None,
         on_run: RunHook | None = None,
         control: ModelControl | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.metrics = metrics
@@ -101,6 +102,8 @@ class Registry:
         self.on_load = on_load
         self.on_unload = on_unload
         self.on_run = on_run
+        #: called after the served set (or the models found) changed: a load, unload, swap
+        self.on_change = on_change
         self.served: dict[str, dict[int, ServedVersion]] = {}
         self.failures: dict[tuple[str, int], Failure] = {}
         self.expected: set[str] = set()
@@ -124,7 +127,7 @@ class Registry:
             except RepositoryError as exc:
                 log.error("cannot scan the model repository: %s", exc)
                 found = {}
-            self.found = found
+            known, self.found = self.found.keys(), found
             self.expected = set(found) - self.unloaded
             served = dict(self.served)
             for name in sorted(set(found) | set(served)):
@@ -137,6 +140,8 @@ class Registry:
                 else:
                     served.pop(name, None)
             previous, self.served = self.served, served
+            if previous != served or known != found.keys():
+                self._changed()
             for name, retired in previous.items():
                 for version, record in retired.items():
                     if served.get(name, {}).get(version) is not record:
@@ -209,6 +214,10 @@ class Registry:
             extra={"model": name, "version": version},
         )
         return served
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _retire(self, served: ServedVersion) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(served))
@@ -285,6 +294,7 @@ class Registry:
         """Shutdown: retire everything and wait for the drains."""
         async with self._lock:
             previous, self.served = self.served, {}
+            self._changed()
             for versions in previous.values():
                 for record in versions.values():
                     self._retire(record)

@@ -16,6 +16,10 @@ Samples are batched only with samples of the same shape, so variable-length sequ
 groups of one length: batching never changes a prediction. The queue is bounded (Overloaded
 when full) and every request has a deadline (DeadlineExceeded; a sample whose deadline passes
 before its batch starts is dropped from it).
+
+With tracing on (``service.observability.tracing``), each request's wait and each run are
+spans: a ``queue wait`` per request and a ``batch run`` per run, linked to every request in
+it; the run hook gets the run's span and each row's trace id. Off, one check per batch.
 """
 
 from __future__ import annotations
@@ -23,17 +27,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from service.errors import DeadlineExceeded, Overloaded
+from service.observability import tracing
 from service.observability.metrics import Metrics, VersionMetrics
 from service.runtime.model import ServedModel
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("nnserve.batcher")
 
@@ -47,9 +56,12 @@ class BatchConfig:
 
 
 #: Called once per onnxruntime run, on the event loop, before any request of the run is
-#: answered: (model, inputs, outputs, prediction ids) → whether the run was recorded. The
-#: prediction log hangs here, so it costs one call per batch, not one per request.
-RunHook = Callable[[ServedModel, np.ndarray, list[np.ndarray], list[str]], bool]
+#: answered: (model, inputs, outputs, prediction ids, the run's trace or None when tracing
+#: is off) → whether the run was recorded. The prediction log hangs here, so it costs one
+#: call per batch, not one per request.
+RunHook = Callable[
+    [ServedModel, np.ndarray, list[np.ndarray], list[str], tracing.RunTrace | None], bool
+]
 
 
 class Result(NamedTuple):
@@ -64,6 +76,7 @@ class _Item:
     future: asyncio.Future[Result]
     enqueued: float
     timer: asyncio.TimerHandle | None = field(default=None)
+    trace: Span | None = field(default=None)  # the request's span (tracing on)
 
 
 class Batcher:
@@ -86,14 +99,24 @@ class Batcher:
         self.running = False  # a batch is in a worker thread
         self.scheduled = False  # a drain is scheduled on the loop
         if metrics is not None:  # read at scrape time, no lock per request
-            metrics.queue_depth.set_function(lambda: self.queued)
+            # through a weak reference: the gauge's child outlives a retired version (it is
+            # never removed in multiprocess mode), and held this batcher, its session and
+            # card for good: about 1 MiB per version swap, in every worker
+            me = weakref.ref(self)
+            metrics.queue_depth.set_function(lambda: getattr(me(), "queued", 0))
         #: Seconds per sample (moving average), to choose between the loop and a thread.
         self.per_sample_s = model.seconds_per_sample
 
     # -- the request side ------------------------------------------------------------------
-    async def submit(self, batch: np.ndarray, deadline: float, ids: Sequence[str] = ()) -> Result:
+    async def submit(
+        self,
+        batch: np.ndarray,
+        deadline: float,
+        ids: Sequence[str] = (),
+        trace: Span | None = None,
+    ) -> Result:
         """Outputs for ``batch`` (a request's samples, ``ids`` their prediction ids for the
-        run hook), computed in some batch."""
+        run hook, ``trace`` its span when tracing is on), computed in some batch."""
         n = len(batch)
         if self.queued + n > self.config.max_queue_size:
             raise Overloaded(
@@ -105,6 +128,8 @@ class Batcher:
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         item = _Item(batch, ids, self.loop.create_future(), now)
+        if trace is not None:
+            item.trace = trace
         item.timer = self.loop.call_later(deadline - now, self._expire, item)
         self.items.append(item)
         self.queued += n
@@ -196,31 +221,33 @@ class Batcher:
 
     def _run_inline(self, items: list[_Item]) -> None:
         self._observe_queue(items)
+        run = self._trace(items, True) if tracing.tracer is not None else None
         inputs = self._concat(items)
         try:
             outputs = self._infer(inputs)
         except Exception as exc:
-            self._fail(items, exc)
+            self._fail(items, exc, run)
         else:
-            self._deliver(items, inputs, outputs)
+            self._deliver(items, inputs, outputs, run)
 
     async def _run_threaded(self, groups: list[list[_Item]]) -> None:
         try:
             for items in groups:
                 self._observe_queue(items)
+                run = self._trace(items, False) if tracing.tracer is not None else None
                 inputs = self._concat(items)
                 try:
                     outputs = await self.loop.run_in_executor(self.executor, self._infer, inputs)
                 except Exception as exc:
-                    self._fail(items, exc)
+                    self._fail(items, exc, run)
                 else:
-                    self._deliver(items, inputs, outputs)
+                    self._deliver(items, inputs, outputs, run)
         finally:
             self.running = False
             if self.items:
                 self._schedule()
 
-    def _fail(self, items: list[_Item], exc: Exception) -> None:
+    def _fail(self, items: list[_Item], exc: Exception, run: Span | None = None) -> None:
         """An onnxruntime failure: each request of the batch gets it (an internal error)."""
         log.exception(
             "inference failed for %s/%d", self.model.name, self.model.version, exc_info=exc
@@ -230,9 +257,18 @@ class Batcher:
                 item.timer.cancel()
             if not item.future.done():
                 item.future.set_exception(exc)
+        if run is not None:
+            tracing.failed(run, exc)
+            run.end()
 
-    def _deliver(self, items: list[_Item], inputs: np.ndarray, outputs: list[np.ndarray]) -> None:
-        recorded = self._record(items, inputs, outputs)
+    def _deliver(
+        self,
+        items: list[_Item],
+        inputs: np.ndarray,
+        outputs: list[np.ndarray],
+        run: Span | None = None,
+    ) -> None:
+        recorded = self._record(items, inputs, outputs, run)
         offset = 0
         for item in items:
             n = len(item.batch)
@@ -241,8 +277,16 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(Result([o[offset : offset + n] for o in outputs], recorded))
             offset += n
+        if run is not None:
+            run.end()
 
-    def _record(self, items: list[_Item], inputs: np.ndarray, outputs: list[np.ndarray]) -> bool:
+    def _record(
+        self,
+        items: list[_Item],
+        inputs: np.ndarray,
+        outputs: list[np.ndarray],
+        run: Span | None = None,
+    ) -> bool:
         """The run hook, for the requests still waiting (one that timed out is not recorded)."""
         if self.on_run is None:
             return False
@@ -257,11 +301,42 @@ class Batcher:
             inputs, outputs = inputs[rows], [o[rows] for o in outputs]
         if not ids or len(ids) != len(inputs):
             return False  # a caller without ids: nothing to record them under
+        trace = None
+        if tracing.tracer is not None and any(item.trace is not None for item in items):
+            traces = [
+                tracing.trace_id(item.trace) if item.trace is not None else None
+                for item, keep in zip(items, live, strict=True)
+                if keep
+                for _ in item.ids
+            ]
+            trace = tracing.RunTrace(run, traces)
         try:
-            return self.on_run(self.model, inputs, outputs, ids)
+            return self.on_run(self.model, inputs, outputs, ids, trace)
         except Exception:
             log.exception("the run hook failed for %s/%d", self.model.name, self.model.version)
             return False
+
+    def _trace(self, items: list[_Item], inline: bool) -> Span | None:
+        """Tracing on: each sampled request's ``queue wait`` (ending now), and the run's
+        ``batch run`` span, started now and linked to every traced request of the batch;
+        None when no request of the batch is sampled."""
+        traced = [item.trace for item in items if item.trace is not None]
+        if not any(span.is_recording() for span in traced):
+            return None
+        now, now_ns = time.perf_counter(), time.time_ns()
+        for item in items:
+            if item.trace is not None and item.trace.is_recording():
+                tracing.queue_wait(item.trace, now_ns - int((now - item.enqueued) * 1e9), now_ns)
+        return tracing.batch_run(
+            traced,
+            {
+                "nnserve.model": self.model.name,
+                "nnserve.version": self.model.version,
+                "nnserve.batch.size": sum(len(item.batch) for item in items),
+                "nnserve.batch.requests": len(items),
+                "nnserve.batch.inline": inline,
+            },
+        )
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """One onnxruntime run, observed at the inference choke point."""

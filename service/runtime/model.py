@@ -127,6 +127,18 @@ class ServedModel:
             )
         except Exception as exc:  # onnxruntime raises its own untyped failures
             raise LoadError("session_error", f"{model_path}: {exc}") from exc
+        # onnxruntime read the file again: a push that replaced it since the check (a copy in
+        # place, mid-load) would be served under a card whose sha256 it does not have
+        try:
+            reread = file_sha256(model_path)
+        except OSError as exc:
+            raise LoadError("io_error", f"{model_path}: {exc}") from exc
+        if reread != digest:
+            raise LoadError(
+                "sha256_mismatch",
+                f"{model_path} changed while it was being loaded (sha256 {digest} when "
+                f"checked, {reread} after); tried again once its files change",
+            )
         declared = ([t.name for t in card.inputs], [t.name for t in card.outputs])
         actual = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
         if declared != actual:

@@ -106,7 +106,7 @@ def test_openapi_documents_both_protocols(client: TestClient) -> None:
     assert "/v1/models/{model_name}:predict" in spec["paths"]
     body = spec["paths"]["/v2/models/{model_name}/infer"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["$ref"] == "#/components/schemas/V2InferRequest"
-    assert {"V2InferRequest", "V1PredictRequest", "V2Tensor"} <= set(spec["components"]["schemas"])
+    assert {"V2InferRequest", "V1PredictRequest"} <= set(spec["components"]["schemas"])
     assert client.get("/docs").status_code == 200
 
 

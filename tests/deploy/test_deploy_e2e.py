@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from modelrepo import CARD_FILE, MODEL_FILE, read_card
+from service.keys import digest, new_key
 from tests.support import samples
 from tests.support.deploy import (
     ALERTS,
@@ -85,12 +86,19 @@ def v2_body(name: str) -> dict[str, Any]:
     }
 
 
+#: Access control is on, so that its panel has something to show: every call carries this key
+#: (and one call has none, the rejected side).
+API_KEY = new_key()
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def send_traffic(url: str) -> tuple[int, list[dict[str, Any]]]:
     """Good and bad requests to every model on both protocols; returns how many name a model,
     and FEEDBACK_MODEL's v1 predictions (each with its id, for feedback)."""
     sent = 0
     predictions: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, timeout=20) as client:
+    assert httpx.get(f"{url}/v2/models/{NAMES[0]}", timeout=20).status_code == 401
+    with httpx.Client(base_url=url, timeout=20, headers=AUTH) as client:
         for name in NAMES:
             for _ in range(3):
                 r = client.post(
@@ -132,7 +140,9 @@ def send_feedback(url: str, predictions: list[dict[str, Any]]) -> int:
         }
         for i, p in enumerate(predictions)
     ]
-    r = httpx.post(f"{url}/v1/models/{FEEDBACK_MODEL}/feedback", json=items, timeout=20)
+    r = httpx.post(
+        f"{url}/v1/models/{FEEDBACK_MODEL}/feedback", json=items, timeout=20, headers=AUTH
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {"recorded": len(items), "duplicates": 0}
     return len(items)
@@ -220,7 +230,12 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
     started = time.monotonic()
     repository = repository_with_a_refused_version(tmp_path)
     with (
-        running_server(repository, tmp_path, NNSERVE_WORKERS="2") as server,
+        running_server(
+            repository,
+            tmp_path,
+            NNSERVE_WORKERS="2",
+            NNSERVE_API_KEYS=f"e2e:{digest(API_KEY.encode()).hex()}",
+        ) as server,
         running_prometheus(binary, server.port, tmp_path) as prometheus,
     ):
         prometheus.wait_for(

@@ -25,7 +25,7 @@ import pytest
 from tests.support import samples
 from tests.support.kubernetes import BASE, env_of, find, render
 from tests.support.paths import MODELS, ROOT
-from tests.support.server import running_server
+from tests.support.server import process_tree, running_server
 
 pytestmark = pytest.mark.server
 ANN = "breast-cancer-ann"
@@ -116,7 +116,7 @@ def test_runs_as_the_manifests_uid_writes_only_its_volumes_and_stops_in_the_grac
             timeout=30,
         )
         assert feedback.status_code == 200, feedback.text
-        processes = _tree(server.process.pid)
+        processes = process_tree(server.process.pid)
         assert len(processes) >= 1 + int(env["NNSERVE_WORKERS"])  # master, workers, log writer
         for pid in processes:
             assert _uids(pid) == {uid}, f"process {pid} runs as {_uids(pid)}"
@@ -148,23 +148,6 @@ def _as(uid: int) -> list[str]:
         if done.returncode == 0:
             return prefix
     pytest.skip(f"this machine's Python ({sys.executable}) cannot run as UID {uid}")
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
 
 
 def _uids(pid: int) -> set[int]:

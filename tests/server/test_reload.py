@@ -15,7 +15,7 @@ import pytest
 from tests.support import samples
 from tests.support.metrics_text import parse, value
 from tests.support.repo_tools import copy_models, publish_copy, wrong_reference
-from tests.support.server import Server, running_server
+from tests.support.server import Server, running_server, wait_for
 
 ROW = {"instances": samples.rows(1).tolist()}
 ANN = "/v1/models/breast-cancer-ann:predict"
@@ -25,15 +25,6 @@ def served_version(server: Server) -> str:
     r = httpx.post(f"{server.url}{ANN}", json=ROW)
     assert r.status_code == 200, r.text
     return str(r.json()["model_version"])
-
-
-def wait_for(predicate, timeout: float, step: float = 0.05) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not true within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - started
 
 
 def test_no_request_fails_while_ten_versions_are_swapped_in(tmp_path: Path) -> None:

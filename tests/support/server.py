@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -110,3 +110,34 @@ def writer_pid(service: int) -> int:
         if ppid == service and b"predictionlog" in command:
             return int(stat.parent.name)
     raise AssertionError("no log writer process under the service")
+
+
+def children(pid: int) -> dict[int, int]:
+    """``{pid: parent pid}`` of every process on the machine."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return parents
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (master, workers, the log writer)."""
+    parents = children(root)
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
+    """Seconds until ``predicate()`` held; AssertionError after ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - started

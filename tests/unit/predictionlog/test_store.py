@@ -188,6 +188,57 @@ def test_labelled_joins_feedback_and_orders_oldest_first(store: Store) -> None:
     assert store.labelled("unknown-model") == []
 
 
+def test_a_prediction_keeps_the_trace_id_of_its_request(store: Store) -> None:
+    traced = Prediction(**{**vars(prediction("traced")), "trace_id": "ab" * 16})
+    store.write_predictions([traced, prediction("untraced")])
+    assert store.get_prediction("traced") == traced
+    assert store.get_prediction("traced").trace_id == "ab" * 16  # type: ignore[union-attr]
+    assert store.get_prediction("untraced").trace_id is None  # type: ignore[union-attr]
+    store.record_feedback(Feedback("traced", "a", T0))
+    assert [(p.trace_id, label) for p, label in store.labelled("m")] == [("ab" * 16, "a")]
+
+
+#: The predictions table before trace ids, per backend (a log made by an older service).
+OLD_PREDICTIONS = """CREATE TABLE predictions ({seq}id TEXT PRIMARY KEY, time {real} NOT NULL,
+    model TEXT NOT NULL, version INTEGER NOT NULL, inputs {blob} NOT NULL,
+    input_shape TEXT NOT NULL, outputs {blob} NOT NULL, output_shape TEXT NOT NULL, label TEXT)"""
+
+
+def test_an_older_log_gains_the_trace_id_column_when_opened(store_url: str) -> None:
+    old = prediction("old")
+    values = (old.id, old.time, old.model, old.version, old.inputs.tobytes(), "[4]",
+              old.outputs.tobytes(), "[3]", old.label)  # fmt: skip
+    if store_url.startswith("sqlite"):
+        path = Path(store_url.removeprefix("sqlite://"))
+        path.parent.mkdir(parents=True)
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(OLD_PREDICTIONS.format(seq="", real="REAL", blob="BLOB"))
+            conn.execute(f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})", values)
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute(
+                OLD_PREDICTIONS.format(
+                    seq="seq BIGINT GENERATED ALWAYS AS IDENTITY, ",
+                    real="DOUBLE PRECISION",
+                    blob="BYTEA",
+                )
+            )
+            conn.execute(
+                "INSERT INTO predictions (id, time, model, version, inputs, input_shape, "
+                f"outputs, output_shape, label) VALUES ({', '.join(['%s'] * 9)})",
+                values,
+            )
+    for _ in range(2):  # opening it again finds the column there
+        with closing(open_store(store_url)) as store:
+            assert store.get_prediction("old") == old  # trace_id None
+            new = Prediction(**{**vars(prediction("new")), "trace_id": "cd" * 16})
+            store.write_predictions([new])
+            assert store.get_prediction("new") == new
+            assert store.count_predictions() == 2
+
+
 def test_everything_survives_a_restart_and_other_processes_see_it(store_url: str) -> None:
     rows = [prediction(f"p{i}", time=T0 + i, shape=(i + 1,)) for i in range(10)]
     with closing(open_store(store_url)) as first:

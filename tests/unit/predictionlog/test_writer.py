@@ -68,6 +68,24 @@ def test_a_batch_goes_over_the_wire_exactly() -> None:
     assert np.frombuffer(rows[1][4], "<f4").tolist() == sent.inputs[1].tolist()
 
 
+def test_trace_ids_go_over_the_wire_per_row_and_only_when_there_are_some() -> None:
+    traces = ["ab" * 16, "ab" * 16, None, "cd" * 16, "cd" * 16]
+    sent = batch("t", n=5)._replace(traces=traces)
+    (message,) = encode(sent)
+    got = decode(message)
+    assert list(got.traces or ()) == traces
+    assert [row[9] for row in got.rows()] == traces
+    # without trace ids (tracing off) the message is what it was: no key, None in every row
+    (plain,) = encode(batch("t", n=5))
+    assert b"traces" not in plain and decode(plain).traces is None
+    assert [row[9] for row in decode(plain).rows()] == [None] * 5
+    # split messages keep each row's trace id with it
+    images = batch("img", n=100, width=28 * 28)._replace(traces=[f"{i:032x}" for i in range(100)])
+    messages = encode(images)
+    assert len(messages) > 1 and all(len(m) <= MAX_MESSAGE for m in messages)
+    assert [t for m in messages for t in decode(m).traces or ()] == list(images.traces or ())
+
+
 def test_big_batches_are_split_and_oversized_rows_refused() -> None:
     images = batch("img", n=100, width=28 * 28)  # 313 KB of inputs
     messages = encode(images)

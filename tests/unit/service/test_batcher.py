@@ -79,8 +79,8 @@ def test_the_run_hook_sees_each_run_once_with_its_ids_before_anyone_is_answered(
         runs: list[tuple[list[str], list[float]]] = []
         answered: list[str] = []
 
-        def hook(m: object, inputs: np.ndarray, outputs: list, ids: list[str]) -> bool:  # type: ignore[type-arg]
-            assert answered == [] and m is model
+        def hook(m: object, inputs: np.ndarray, outputs: list, ids: list[str], trace: None) -> bool:  # type: ignore[type-arg]
+            assert answered == [] and m is model and trace is None  # tracing off
             runs.append((ids, outputs[0].ravel().tolist()))
             return True
 

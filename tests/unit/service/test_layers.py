@@ -23,8 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "repository": {"errors", "observability", "runtime", "repository"},
     "protocol": {"errors", "protocol", "runtime"},
     "dataplane": {"errors", "context", "observability", "repository", "runtime"},
-    "settings": {"repository", "runtime", "cpus"},
+    "settings": {"repository", "runtime", "cpus", "keys"},
     "cpus": set(),
+    "keys": set(),
 }
 #: modules of one layer that must not import each other
 SIBLINGS = [

@@ -14,9 +14,9 @@ help:
 	@echo "make test    - install everything needed, then run the whole test suite"
 	@echo "make test-fast - the in-process tests only (no servers, no training): seconds"
 	@echo "make soak DURATION=600 - the soak of tests/endurance alone, DURATION seconds (default 600)"
-	@echo "make train   - train all three networks and publish new versions into models/"
+	@echo "make train   - train the three classifiers and the two CO2 forecasters, publish new versions into models/"
 	@echo "make check   - ruff (lint + format check) and mypy"
-	@echo "make bench   - service vs raw onnxruntime on one core (wrk), scaling, capacity; results in bench/results/"
+	@echo "make bench   - service vs raw onnxruntime on one core (wrk; gRPC with h2load), scaling, capacity; results in bench/results/"
 
 $(VENV)/.serve: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,7 @@ soak: $(VENV)/.dev
 
 train: $(VENV)/.dev system-packages
 	$(PY) -m training all
+	$(PY) -m training forecast all
 
 check: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
@@ -58,7 +59,11 @@ bench: $(VENV)/.dev
 	@command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq wrk)) || \
 		(echo "bench needs wrk: apt-get install wrk" && exit 1)
+	@command -v h2load >/dev/null || (apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq nghttp2-client)) || \
+		(echo "bench needs h2load (gRPC rows): apt-get install nghttp2-client" && exit 1)
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.grpc $(GRPC_ARGS)
 	$(PY) -m bench.floor $(FLOOR_ARGS)
 	$(PY) -m bench.scaling $(SCALING_ARGS)
 	$(PY) -m bench.capacity $(CAPACITY_ARGS)

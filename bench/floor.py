@@ -9,7 +9,9 @@ core 0 with one worker, three settings in alternation, each in a fresh service:
 - ``idle``: the log off, plus a busy loop on the service's core at ``SCHED_IDLE``, the
   lowest priority Linux has (it runs only when the core would otherwise idle, and a waking
   request preempts it at once): what ANY work sharing the core costs the service at least;
-- ``on``: the log on (the default), on a fresh log.
+- ``on``: the log on (the default), on a fresh log;
+- ``full``: the log on at its byte bound (8 MB here, filled past it by concurrent load
+  first), so that every row written also prunes one: a busy service's steady state.
 
 The p99 of ``idle`` ÷ ``off`` is the least that any co-located background work (a log
 writer, a metrics agent, a sidecar) costs this service's p99 on this machine; the prediction
@@ -27,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from bench.run import (
     RESULTS,
     ROOT,
@@ -41,14 +45,24 @@ from bench.run import (
     wrk,
 )
 
-MODES = ("off", "idle", "on")
+MODES = ("off", "idle", "on", "full")
+#: The byte bound of the ``full`` setting, and the most time spent filling the log past it.
+FULL_BYTES = 8 << 20
+FILL_S = 40.0
 _SPIN = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
 
 
 def measure(repository: Path, model: ServedModel, mode: str, seconds: float) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="nnserve-floor-"))
     port = 19500 + os.getpid() % 400
-    server = start_server(repository, port, work / "server.log", mode == "on", work / "data")
+    if mode == "full":
+        os.environ["NNSERVE_PREDICTION_LOG_MAX_BYTES"] = str(FULL_BYTES)
+    try:
+        server = start_server(
+            repository, port, work / "server.log", mode in ("on", "full"), work / "data"
+        )
+    finally:
+        os.environ.pop("NNSERVE_PREDICTION_LOG_MAX_BYTES", None)
     spin = None
     try:
         if mode == "idle":
@@ -58,6 +72,8 @@ def measure(repository: Path, model: ServedModel, mode: str, seconds: float) -> 
         (work / "body").write_bytes(body)
         url = f"http://127.0.0.1:{port}{path_for(model.name, 'v1')}"
         check_answer(url, body, ctype, hlen)
+        if mode == "full":
+            fill(f"http://127.0.0.1:{port}", url, work / "body", ctype, hlen)
         wrk(url, work / "body", ctype, hlen, 1, 1.0)  # warm-up
         result = wrk(url, work / "body", ctype, hlen, 1, seconds)
         return {
@@ -71,6 +87,22 @@ def measure(repository: Path, model: ServedModel, mode: str, seconds: float) -> 
             spin.wait()
         server.terminate()
         server.wait()
+
+
+def fill(base: str, url: str, body: Path, ctype: str, hlen: str) -> None:
+    """Load until the writer has pruned (the log is past its bound), at most ``FILL_S``."""
+    deadline = time.monotonic() + FILL_S
+    while time.monotonic() < deadline:
+        wrk(url, body, ctype, hlen, 16, 2.0)
+        metrics = httpx.get(f"{base}/metrics").text
+        pruned = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("nnserve_prediction_log_pruned_total")
+        ]
+        if pruned and pruned[0] > 0:
+            return
+    raise SystemExit(f"the log did not reach its {FULL_BYTES} byte bound in {FILL_S:g} s")
 
 
 def main() -> None:
@@ -87,8 +119,8 @@ def main() -> None:
         f"alternating rounds of {args.duration:g} s",
         "",
         "| model | log off p99 ms | idle busy loop p99 ms (x off) | log on p99 ms (x off) "
-        "| req/s off / idle / on |",
-        "|---|---|---|---|---|",
+        "| log at its bound p99 ms (x off) | req/s off / idle / on / at bound |",
+        "|---|---|---|---|---|---|",
     ]
     for name in args.models or sorted(found):
         model = ServedModel.load(args.repository / name / str(found[name][-1]))
@@ -100,7 +132,8 @@ def main() -> None:
         off = med["off"]["p99"]
         lines.append(
             f"| {name} | {off:.3f} | {med['idle']['p99']:.3f} ({med['idle']['p99'] / off:.2f}x) "
-            f"| {med['on']['p99']:.3f} ({med['on']['p99'] / off:.2f}x) | "
+            f"| {med['on']['p99']:.3f} ({med['on']['p99'] / off:.2f}x) "
+            f"| {med['full']['p99']:.3f} ({med['full']['p99'] / off:.2f}x) | "
             + " / ".join(f"{med[m]['rps']:,.0f}" for m in MODES)
             + " |"
         )

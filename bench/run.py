@@ -97,7 +97,7 @@ def bodies(model: ServedModel, batch: np.ndarray) -> dict[str, tuple[bytes, str,
                     "parameters": {"binary_data_size": len(raw)},
                 }
             ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": model.card.outputs[-1].name, "parameters": {"binary_data": True}}],
         }
     ).encode()
     return {

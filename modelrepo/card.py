@@ -99,11 +99,12 @@ class DatasetInfo(_Frozen):
 class Provenance(_Frozen):
     """Where a version comes from. ``origin``: ``trained`` by a recipe of ``python -m
     training``, ``published`` from a user's own PyTorch script (``training.publish``),
-    ``imported`` from an ONNX file (``python -m modelrepo import``), or ``derived`` by the
-    service from a bare ``model.onnx`` (never written to disk). Training figures are absent
-    (None / 0) where there was no training run here."""
+    ``quantized`` from another version (``python -m training quantize``), ``imported``
+    from an ONNX file (``python -m modelrepo import``), or ``derived`` by the service from a
+    bare ``model.onnx`` (never written to disk). Training figures are absent (None / 0) where
+    there was no training run here."""
 
-    origin: Literal["trained", "published", "imported", "derived"] = "trained"
+    origin: Literal["trained", "published", "imported", "derived", "quantized"] = "trained"
     dataset: DatasetInfo | None = None
     hyperparameters: dict[str, float | int | str | bool | None] = {}
     seed: int | None = None
@@ -129,12 +130,107 @@ class Parity(_Frozen):
     tolerance: float = Field(gt=0)
 
 
+class Speed(_Frozen):
+    """Raw onnxruntime throughput of one graph (no service), one intra-op thread."""
+
+    model: str  # which graph: the source or this version
+    batch: int = Field(gt=0)
+    samples_per_s: float = Field(gt=0)
+
+
+class Quantization(_Frozen):
+    """How a quantized version was made from its source version, and what it costs: test
+    accuracy of both on the same split, the gate, parity with the source, speed of both."""
+
+    source: str  # <name>/<version>
+    source_sha256: str = Field(pattern=SHA256_PATTERN)
+    method: str  # e.g. static QDQ, int8 weights per channel, uint8 activations
+    calibration_samples: int = Field(gt=0)
+    calibration_split: str
+    #: float nodes left unquantized, and why (measured: int8 would be slower there)
+    excluded_nodes: list[str] = []
+    source_accuracy: float = Field(ge=0, le=1)
+    accuracy: float = Field(ge=0, le=1)
+    #: published only if source_accuracy - accuracy <= max_accuracy_drop
+    max_accuracy_drop: float
+    #: max |quantized - source| of the probabilities, and the share of equal top-1 classes,
+    #: over the ``parity_samples`` test samples
+    max_abs_diff: float = Field(ge=0)
+    top1_agreement: float = Field(ge=0, le=1)
+    parity_samples: int = Field(gt=0)
+    speed: list[Speed] = []
+    measured_on: str = ""
+
+
 class FeatureBaseline(_Frozen):
     """Training-split histogram of one input feature, the reference for drift (PSI)."""
 
     name: str
     bin_edges: list[float]
     fractions: list[float]
+
+
+class ExplainBaseline(_Frozen):
+    """What an explanation puts in place of a removed feature, patch or time step: a typical
+    input computed from the training split at publish time (``description`` says how).
+    ``shape`` is one instance's shape, or ``[channels]`` for a sequence (every time step)."""
+
+    description: str
+    shape: list[Annotated[int, Field(gt=0)]]
+    data: list[float]
+
+    @model_validator(mode="after")
+    def _size_matches_shape(self) -> ExplainBaseline:
+        size = 1
+        for dim in self.shape:
+            size *= dim
+        if size != len(self.data):
+            raise ValueError(f"explain baseline: shape {self.shape} needs {size} values")
+        return self
+
+
+class StepErrors(_Frozen):
+    """Forecast errors at one horizon step (1 = the next value) over the evaluation origins.
+    MASE: MAE divided by the in-sample MAE of the seasonal naive forecast (the scale)."""
+
+    step: int = Field(gt=0)
+    mae: float = Field(ge=0)
+    rmse: float = Field(ge=0)
+    mase: float = Field(ge=0)
+
+
+class ForecastErrors(_Frozen):
+    """One forecaster's test errors, over every step and per step: the model's, or a
+    baseline's on the same origins (``method``: ``model``, ``seasonal-naive``, ...)."""
+
+    method: str
+    description: str = ""
+    mae: float = Field(ge=0)
+    rmse: float = Field(ge=0)
+    mase: float = Field(ge=0)
+    per_step: list[StepErrors] = Field(min_length=1)
+
+
+class Forecast(_Frozen):
+    """A forecaster's output meaning and figures: the input is a ``window`` of past values,
+    the output the next ``horizon`` values, both in ``units``, one value per ``step``.
+    ``errors``: the model's test errors first, then the baselines' on the same origins."""
+
+    window: int = Field(gt=0)
+    horizon: int = Field(gt=0)
+    units: str
+    step: str
+    season: int = Field(gt=0)
+    #: The graph output holding the forecast ``[batch, horizon]``.
+    output: str = "predictions"
+    evaluation: str
+    origins: int = Field(gt=0)
+    #: In-sample MAE of the seasonal naive forecast on the training part: MASE's divisor.
+    mase_scale: float = Field(gt=0)
+    errors: list[ForecastErrors] = Field(min_length=1)
+
+    def model_errors(self) -> ForecastErrors:
+        return self.errors[0]
 
 
 class ModelCard(_Frozen):
@@ -144,7 +240,7 @@ class ModelCard(_Frozen):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(gt=0)
     #: The network's family; ``custom`` for a user's own (published or imported) graph.
-    kind: Literal["ann", "cnn", "lstm", "custom"]
+    kind: Literal["ann", "cnn", "lstm", "gru", "custom"]
     task: Literal["classification", "regression"]
     description: str = ""
     inputs: list[TensorSpec] = Field(min_length=1)
@@ -162,6 +258,14 @@ class ModelCard(_Frozen):
     #: Absolute tolerance for the service's load-time replay of ``reference``.
     reference_atol: float = Field(default=1e-4, gt=0)
     baseline: list[FeatureBaseline] = []
+    #: The explanations' baseline (``service.runtime.explain``); None on cards written before
+    #: it existed, whose explainer derives one from ``baseline`` or ``reference``.
+    explain_baseline: ExplainBaseline | None = None
+    #: A quantized version's making and figures (None for any other version).
+    quantization: Quantization | None = None
+    #: A forecaster's window, horizon, units and test errors beside its baselines' (None for
+    #: any other model); the service answers with forecasts and tracks their live error.
+    forecast: Forecast | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -169,6 +273,8 @@ class ModelCard(_Frozen):
             raise ValueError("a classification model needs its class labels")
         if not self.reference and self.provenance.origin != "derived":
             raise ValueError("a model needs at least one reference case (its self-check)")
+        if self.forecast is not None:
+            self._check_forecast(self.forecast)
         if self.feature_names and len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError("feature names must be unique")
         declared = {t.name for t in self.inputs} | {t.name for t in self.outputs}
@@ -179,6 +285,17 @@ class ModelCard(_Frozen):
                         f"reference tensor {tensor.name!r} is not a declared input or output"
                     )
         return self
+
+    def _check_forecast(self, forecast: Forecast) -> None:
+        if self.task != "regression":
+            raise ValueError("a forecast is a regression model's (task: regression)")
+        if self.inputs[0].shape != [-1, forecast.window]:
+            raise ValueError(f"a forecaster's input must be [-1, {forecast.window}] (the window)")
+        outputs = {t.name: t.shape for t in self.outputs}
+        if outputs.get(forecast.output, [])[1:] != [forecast.horizon]:
+            raise ValueError(
+                f"forecast output {forecast.output!r} must be [-1, {forecast.horizon}]"
+            )
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)

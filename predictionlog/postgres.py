@@ -50,6 +50,14 @@ _SCHEMA = (
         time DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time)",
+    """CREATE TABLE IF NOT EXISTS actuals (
+        id TEXT NOT NULL REFERENCES predictions (id),
+        step INTEGER NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        time DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (id, step)
+    )""",
+    "CREATE INDEX IF NOT EXISTS actuals_time ON actuals (time)",
 )
 #: Columns added since the table was first made: (name, type), added to an older table when
 #: a store opens it (a nullable column: no rewrite; only when missing, since ALTER TABLE

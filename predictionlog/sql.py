@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
+
 from predictionlog.records import (
     COLUMNS,
     NCOLUMNS,
@@ -20,6 +22,7 @@ from predictionlog.records import (
     Prediction,
     Row,
     UnknownPrediction,
+    decode_array,
     from_row,
     to_row,
 )
@@ -114,6 +117,74 @@ class SQLStore:
             ).fetchall()
         return [(from_row(row), str(row[NCOLUMNS])) for row in rows]
 
+    def record_actuals(self, id: str, start: int, values: Sequence[float], time: float) -> int:
+        """Actual values of a logged forecast from horizon step ``start`` (0-based); the
+        number newly stored. Values already stored must be equal (FeedbackConflict)."""
+        rows = [(id, start + i, float(v), float(time)) for i, v in enumerate(values)]
+        with self._transaction() as conn:
+            known = conn.execute(
+                self._sql("SELECT 1 FROM predictions WHERE id = ?"), (id,)
+            ).fetchone()
+            if known is None:
+                raise UnknownPrediction(f"no logged prediction has id {id!r}")
+            stored = dict(
+                conn.execute(
+                    self._sql("SELECT step, value FROM actuals WHERE id = ?"), (id,)
+                ).fetchall()
+            )
+            for _, step, value, _ in rows:
+                if step in stored and stored[step] != value:
+                    raise FeedbackConflict(
+                        f"prediction {id!r} already has actual value {stored[step]!r} at "
+                        f"step {step}, not {value!r}"
+                    )
+            new = 0
+            for row in rows:
+                if row[1] not in stored:  # a concurrent piece may have stored it meanwhile
+                    new += conn.execute(
+                        self._sql(
+                            "INSERT INTO actuals (id, step, value, time) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (id, step) DO NOTHING"
+                        ),
+                        row[:4],
+                    ).rowcount
+        return new
+
+    def recent_actuals(
+        self, model: str, version: int, window: int
+    ) -> list[tuple[np.ndarray, int, float]]:
+        """(forecast, step, actual value) of the last ``window`` actual values recorded for
+        one model version: its live forecast error, the same from any process or replica."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql(
+                    "SELECT p.outputs, p.output_shape, a.step, a.value FROM actuals a "
+                    "JOIN predictions p ON p.id = a.id WHERE p.model = ? AND p.version = ? "
+                    "ORDER BY a.time DESC, a.id, a.step LIMIT ?"
+                ),
+                (model, version, window),
+            ).fetchall()
+        return [(decode_array(o, str(shape)), int(step), float(v)) for o, shape, step, v in rows]
+
+    def with_actuals(self, model: str) -> list[tuple[Prediction, dict[int, float]]]:
+        """Every logged forecast of ``model`` (any version) with actual values, and those
+        values by step (0-based), oldest prediction first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                self._sql(
+                    f"SELECT {_PREFIXED}, a.step, a.value FROM predictions p JOIN actuals a "
+                    f"ON a.id = p.id WHERE p.model = ? ORDER BY p.time, p.{self.order}, a.step"
+                ),
+                (model,),
+            ).fetchall()
+        found: dict[str, tuple[Prediction, dict[int, float]]] = {}
+        for row in rows:
+            ident = str(row[0])
+            if ident not in found:
+                found[ident] = (from_row(row), {})
+            found[ident][1][int(row[NCOLUMNS])] = float(row[NCOLUMNS + 1])
+        return list(found.values())
+
     def count_predictions(self, model: str | None = None) -> int:
         with self._connection() as conn:
             if model is None:
@@ -169,20 +240,22 @@ class SQLStore:
             if not oldest:
                 return 0
             last = oldest[-1][0]
-            conn.execute(
-                self._sql(
-                    "DELETE FROM feedback WHERE id IN "
-                    f"(SELECT id FROM predictions WHERE {self.order} <= ?)"
-                ),
-                (last,),
-            )
+            for table in ("feedback", "actuals"):
+                conn.execute(
+                    self._sql(
+                        f"DELETE FROM {table} WHERE id IN "
+                        f"(SELECT id FROM predictions WHERE {self.order} <= ?)"
+                    ),
+                    (last,),
+                )
             removed = conn.execute(
                 self._sql(f"DELETE FROM predictions WHERE {self.order} <= ?"), (last,)
             ).rowcount
         return int(removed)
 
-    def reclaim(self) -> None:
-        """Give freed space back; engines that reuse it by themselves need nothing."""
+    def reclaim(self, keep: int = 0) -> None:
+        """Give freed space back beyond ``keep`` bytes; engines that reuse it by themselves
+        need nothing."""
 
     def __enter__(self) -> Self:
         return self

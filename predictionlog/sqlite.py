@@ -5,10 +5,10 @@ writes; ``synchronous=NORMAL`` keeps commits cheap (a power cut may lose the las
 transactions, never corrupt the file). Writers in other processes wait on the file lock
 (busy timeout) instead of failing. Within a process one connection is shared under a lock.
 
-Space: ``auto_vacuum=INCREMENTAL``, so pages freed by retention go back to the file system
-with ``PRAGMA incremental_vacuum`` (a file made before that mode is converted once, by a
-VACUUM, when opened); the WAL is checkpointed every ``WAL_PAGES`` pages and truncated to
-``WAL_LIMIT`` bytes after a checkpoint.
+Space: ``auto_vacuum=INCREMENTAL``, so pages freed by retention beyond what new rows will
+fill (``Retention.slack``) go back to the file system with ``PRAGMA incremental_vacuum(N)``
+(a file made before that mode is converted once, by a VACUUM, when opened); the WAL is
+checkpointed every ``WAL_PAGES`` pages and truncated to ``WAL_LIMIT`` bytes after one.
 """
 
 from __future__ import annotations
@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS feedback (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time);
+CREATE TABLE IF NOT EXISTS actuals (
+    id TEXT NOT NULL REFERENCES predictions (id),
+    step INTEGER NOT NULL,
+    value REAL NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (id, step)
+);
+CREATE INDEX IF NOT EXISTS actuals_time ON actuals (time);
 """
 #: Columns added since the table was first made: (name, type), added to an older file when
 #: it is opened (SQLite adds a nullable column without rewriting the table).
@@ -118,10 +126,14 @@ class SQLiteStore(SQLStore):
         size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
-    def reclaim(self) -> None:
+    def reclaim(self, keep: int = 0) -> None:
         with self._connection() as conn:
-            # a script steps the pragma to the end (one execute() frees a single page)
-            conn.executescript("PRAGMA incremental_vacuum;")
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+            excess = free - keep // size
+            if excess > 0:
+                # a script steps the pragma to the end (one execute() frees a single page)
+                conn.executescript(f"PRAGMA incremental_vacuum({int(excess)});")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
 
+import numpy as np
+
 from predictionlog.records import Feedback, Prediction, Row
 from predictionlog.retention import Usage
 from predictionlog.sqlite import SQLiteStore
@@ -45,8 +47,9 @@ class Store(Protocol):
         with their feedback; the number removed."""
         ...
 
-    def reclaim(self) -> None:
-        """Give space freed by pruning back (SQLite: incremental vacuum)."""
+    def reclaim(self, keep: int = 0) -> None:
+        """Give space freed by pruning back beyond ``keep`` bytes, kept for new rows
+        (SQLite: incremental vacuum)."""
         ...
 
     def get_prediction(self, id: str) -> Prediction | None:
@@ -74,6 +77,22 @@ class Store(Protocol):
     def recent_outcomes(self, model: str, version: int, window: int) -> tuple[int, int]:
         """(right, labelled) over the last ``window`` feedback labels of one model version:
         live accuracy, the same whichever service process or replica asks."""
+        ...
+
+    def record_actuals(self, id: str, start: int, values: Sequence[float], time: float) -> int:
+        """Actual values of a logged forecast from horizon step ``start`` (0-based), in as
+        many pieces as they come; the number newly stored (a repeat stores nothing). Raises
+        UnknownPrediction, or FeedbackConflict if a step already has another value."""
+        ...
+
+    def recent_actuals(
+        self, model: str, version: int, window: int
+    ) -> list[tuple[np.ndarray, int, float]]:
+        """(forecast, step, actual) of the last ``window`` actual values of one version."""
+        ...
+
+    def with_actuals(self, model: str) -> list[tuple[Prediction, dict[int, float]]]:
+        """Every logged forecast of ``model`` with actual values (by 0-based step)."""
         ...
 
     def close(self) -> None:

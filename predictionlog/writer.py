@@ -213,7 +213,7 @@ class Writer:
     @staticmethod
     def _pause() -> None:
         """Offer the CPU to whoever waits for it (on a shared core, a request should not
-        wait for this process): between bursts of reading, writing and drift."""
+        wait for this process): between bursts of reading, writing, drift and pruning."""
         os.sched_yield()
 
     def _drain_all(self) -> None:
@@ -261,11 +261,13 @@ class Writer:
         if not self.pending:
             return
         rows, self.pending = self.pending, []
+        incoming = self._bytes_of(rows)
         # A full commit's worth waited (the core is saturated): no yields inside it. At a
         # lower priority every yield costs this process its turn for a long while (EEVDF
         # pushes its deadline by a whole slice), so yielding between chunks of a full
         # commit made it fall ever further behind and drop most rows at concurrency 64.
         behind = len(rows) >= self.batch_rows
+        self._make_room(len(rows), incoming, behind)
         try:
             self.store.write_rows(rows, pause=None if behind else self._pause)
         except Exception as exc:
@@ -276,8 +278,7 @@ class Writer:
         self._pause()
         self.drifts.written(True)
         self.counts.add("written", len(rows))
-        # until a measurement says better: a row's blobs and id, plus what a row costs besides
-        self._grew(len(rows), sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows))
+        self._grew(len(rows), incoming)
         if time.monotonic() >= self.next_drift:  # vectorized over many commits' rows
             self._drift_now()
 
@@ -298,24 +299,56 @@ class Writer:
             return
         try:
             for _ in range(PRUNE_STEPS):
-                removed = self.retention.step(self.store, self.usage)
-                if removed <= 0:
+                if self._prune_step() <= 0:
                     break
-                self.counts.add("pruned", removed)
-                self._grew(-removed)
                 self._pause()
                 if self.pending or self.selector.select(0):
                     break
         except Exception as exc:
             log.error("pruning the prediction log failed: %s", exc)
 
-    def _grew(self, rows: int, estimate: int = 0) -> None:
-        """Keep the figures current between measurements: bytes at the measured mean per
-        row, or ``estimate`` before there is one."""
+    def _make_room(self, rows: int, incoming: int, behind: bool) -> None:
+        """Before a commit that would take the log past a bound: prune first, so the store
+        never holds more than its bound plus what pruning frees (its pages are reused)."""
+        if self.retention is None:
+            return
+        try:
+            for _ in range(PRUNE_STEPS):
+                if self._prune_step(rows, incoming) <= 0:
+                    break
+                if not behind:
+                    self._pause()
+        except Exception as exc:
+            log.error("pruning the prediction log failed: %s", exc)
+
+    def _prune_step(self, rows: int = 0, incoming: int = 0) -> int:
+        """One retention step, judged on the store's figures plus ``rows`` / ``incoming``
+        bytes about to be committed; the rows removed."""
+        assert self.retention is not None
         usage = self.usage
-        grown = rows * usage.bytes / usage.rows if usage.rows else estimate
+        ahead = Usage(usage.rows + rows, usage.bytes + incoming, usage.oldest)
+        removed = self.retention.step(self.store, ahead)
+        if removed > 0:
+            self.counts.add("pruned", removed)
+            self._grew(-removed, -self._bytes_of_rows(removed))
+        return removed
+
+    def _bytes_of(self, rows: list[Row]) -> int:
+        """What ``rows`` add to the store: at the measured mean per row, or until there is
+        one, their blobs and id plus what a row costs besides."""
+        if self.usage.rows:
+            return self._bytes_of_rows(len(rows))
+        return sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows)
+
+    def _bytes_of_rows(self, n: int) -> int:
+        usage = self.usage
+        return int(n * usage.bytes / usage.rows) if usage.rows else 0
+
+    def _grew(self, rows: int, grown: int) -> None:
+        """Keep the figures current between measurements."""
+        usage = self.usage
         total = max(0, usage.rows + rows)
-        self.usage = Usage(total, max(0, int(usage.bytes + grown)) if total else 0, usage.oldest)
+        self.usage = Usage(total, max(0, usage.bytes + grown) if total else 0, usage.oldest)
 
     def _measure(self) -> None:
         try:

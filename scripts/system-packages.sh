@@ -4,13 +4,17 @@
 #   prometheus             `prometheus` and `promtool` for tests/test_deploy*.py (the tests run their
 #                          own Prometheus on a free loopback port, never the packaged service)
 #   postgresql             initdb/pg_ctl for the PostgreSQL prediction-log tests (their own server)
+#   chromium               headless Chromium for the web console's browser test (Playwright drives
+#                          /usr/bin/chromium; no browser is downloaded)
+#   iproute2               `ip netns` / veth: tests/training/test_distributed.py's two hosts on one
+#                          machine (torchrun across two network namespaces)
 # Needs root (or sudo) and apt-get; elsewhere it says what to install and carries on.
 # Not from Debian: kubectl 1.21+ (its built-in kustomize renders deploy/kubernetes; bookworm's
 # kubernetes-client is 1.20, too old for kustomize components): these machines have it.
 set -euo pipefail
 command -v kubectl >/dev/null ||
   echo "system-packages: kubectl not found: the Kubernetes manifest tests need kubectl 1.21+" >&2
-packages=(dataset-fashion-mnist prometheus postgresql)
+packages=(dataset-fashion-mnist prometheus postgresql chromium iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

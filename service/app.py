@@ -25,6 +25,7 @@ from service.observability.metrics import Metrics
 from service.observability.quality import Quality
 from service.repository.control import ModelControl
 from service.repository.registry import Registry
+from service.runtime.explain import ExplainQueue
 from service.settings import Settings
 
 log = logging.getLogger("nnserve.app")
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     # OTEL_* tracing, set up here: in each worker after the fork (gunicorn's load()), never in
     # the process manager before it (a batch span processor's thread does not survive a fork)
     traced = tracing.setup()
+    keys = settings.key_ring()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -80,25 +82,38 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         if journal is not None:
             tasks.append(asyncio.create_task(journal.supervise()))
         tasks.append(asyncio.create_task(control.watch(registry.apply)))
+        explainer = ExplainQueue(
+            settings.explain_threads, settings.explain_queue, settings.explain_max_samples
+        )
         plane = DataPlane(
             registry,
             journal.log if journal else None,
             journal.store if journal else None,
             settings.retention().describe() if journal else "",
+            explainer,
         )
         registry.on_change = document_models(app, plane)  # OpenAPI: per served model
+        grpc_edge = None
+        if settings.grpc_port:  # gRPC beside HTTP, on the same data plane (off by default)
+            from service.grpc.server import GrpcEdge
+
+            grpc_edge = GrpcEdge(settings, metrics, plane, keys)
+            await grpc_edge.start()
         try:
             yield {"nnserve": EdgeState(settings, metrics, plane)}
         finally:
+            if grpc_edge is not None:  # HTTP has drained; gRPC's calls in flight finish too
+                await grpc_edge.stop(settings.drain_timeout)
             control.forget()
             for task in tasks:
                 task.cancel()
             await registry.close()
             executor.shutdown(wait=True)
+            explainer.close()
             if journal is not None:  # everything accepted is written before exit
                 await asyncio.to_thread(journal.close)
             if traced:  # the spans still waiting are exported
                 await asyncio.to_thread(tracing.shutdown)
             log.info("stopped")
 
-    return build(metrics, lifespan, settings.key_ring(), settings.api_keys_protect_metrics)
+    return build(metrics, lifespan, keys, settings.api_keys_protect_metrics)

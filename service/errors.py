@@ -8,7 +8,7 @@ edge maps this tree to its own codes in one table (``service.http.errors`` for H
      ├── ModelNotFound       unknown model or version
      ├── UnknownPrediction   feedback for a prediction id that was never logged
      ├── Conflict            feedback that contradicts feedback already recorded
-     ├── RequestTooLarge     a request body over NNSERVE_MAX_BODY_BYTES
+     ├── RequestTooLarge     a body over NNSERVE_MAX_BODY_BYTES, an explanation over its cap
      ├── ModelNotReady       known, but not loaded (yet, or failed its checks)
      ├── Overloaded          queue full; ``retry_after_s`` says when to try again
      └── DeadlineExceeded    waited past its deadline

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -57,6 +58,13 @@ def new_key() -> str:
 
 def digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
+
+
+def is_admin(token: str, authorization: str) -> bool:
+    """Whether an ``Authorization`` value (HTTP header or gRPC metadata) is ``Bearer <token>``,
+    the management token; compared in constant time."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 def parse(text: str, source: str, separator: str = "\n") -> dict[str, bytes]:

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    #: gRPC (Open Inference Protocol, ``inference.GRPCInferenceService``) on this port, same
+    #: host; 0 = off (the default: a port nobody asked for stays closed, and services started
+    #: side by side, as the tests do, do not fight over one). Triton and KServe use 8001.
+    grpc_port: int = Field(default=0, ge=0, le=65535)
     model_repository: Path = Path("models")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -109,6 +113,14 @@ class Settings(BaseSettings):
     accuracy_window: int = Field(default=500, ge=1)
     #: Recent inputs (rows / time steps) per model version compared with the training split.
     drift_window: int = Field(default=2000, ge=1)
+    #: Explanations (``:explain``): the most perturbed samples one request may run (beyond it,
+    #: image patches get coarser, then a sequence's single cells are left out, then 413).
+    explain_max_samples: int = Field(default=1024, ge=1)
+    #: Explanations running at once per worker, each in a thread of its own (not the
+    #: prediction batchers' threads) ...
+    explain_threads: int = Field(default=1, ge=1)
+    #: ... and how many more may wait; beyond that, 503 with Retry-After.
+    explain_queue: int = Field(default=4, ge=0)
 
     def worker_count(self) -> int:
         return worker_count(self.workers)

@@ -1,5 +1,7 @@
 """``python -m training <model|all> [options]``: train, export and publish new versions.
-``python -m training retrain <model> [--feedback URL] [--tolerance T]``: champion/challenger."""
+``python -m training retrain <model> [--feedback URL] [--tolerance T]``: champion/challenger.
+``python -m training quantize <model>``: an int8 variant, published if it passes its gate.
+``python -m training forecast <co2-lstm|co2-gru|all>``: the CO2 forecasters."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
+import torch.distributed as dist
+
 from modelrepo import RepositoryError
+from training import distributed
 from training.config import TrainConfig
 from training.errors import ConfigError, TrainingError
+from training.forecast import FORECASTERS
 from training.pipeline import run
 from training.recipes import RECIPES, load_recipe_file
 
@@ -59,6 +65,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     files.add_argument("--recipe-file", type=Path, action="append", default=[])
     for path in files.parse_known_args(argv)[0].recipe_file:
         load_recipe_file(path)
+    if argv[:1] == ["forecast"]:
+        from training.forecast import parse_args as parse_forecast
+
+        return parse_forecast(argv[1:], _options())
+    if argv[:1] == ["quantize"]:
+        from training.quantize import parse_args
+
+        return parse_args(argv[1:])
     common = _options()
     if argv[:1] == ["retrain"]:
         parser = argparse.ArgumentParser(
@@ -68,7 +82,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
             "publish it only if it is not worse than the champion by more than "
             "the tolerance; writes a report either way.",
         )
-        parser.add_argument("model", choices=list(RECIPES))
+        parser.add_argument("model", choices=[*RECIPES, *FORECASTERS])
         source = parser.add_mutually_exclusive_group()
         source.add_argument(
             "--feedback",
@@ -86,7 +100,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
             "--tolerance",
             type=float,
             default=0.005,
-            help="largest accuracy drop accepted (default 0.005)",
+            help="largest accuracy drop accepted; a forecaster's: largest test-MASE rise "
+            "(default 0.005)",
         )
         parser.add_argument(
             "--report-dir",
@@ -106,9 +121,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parents=[common],
         description="Train a network on its dataset, export it to ONNX, check parity with "
         "onnxruntime and publish it as the next version in the model repository. "
-        "(`python -m training retrain -h` for champion/challenger retraining.)",
+        "(`python -m training retrain -h` for champion/challenger retraining, "
+        "`python -m training forecast -h` for the CO2 forecasters.)",
     )
     parser.add_argument("model", choices=[*RECIPES, "all"], help="which model to train")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="run folder: a checkpoint every epoch into DIR/<model>/, resumed from when the "
+        "command runs again (torchrun --max-restarts restarts it); shared by every machine "
+        "of a torchrun run (default: no checkpoints)",
+    )
     args = parser.parse_args(argv)
     args.command = "train"
     return args
@@ -127,10 +150,16 @@ def check_repository(path: Path) -> None:
 def config_for(name: str, args: argparse.Namespace) -> TrainConfig:
     """The recipe's defaults with every setting given on the command line; ``--quick`` alone
     also means 2 epochs."""
+    return RECIPES[name].defaults.replace(**_given(args)).validate()
+
+
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """Every training setting given on the command line; ``--quick`` alone also means 2
+    epochs."""
     given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     if args.quick and args.epochs is None:
         given["epochs"] = 2
-    return RECIPES[name].defaults.replace(**given).validate()
+    return given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +169,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        check_repository(args.repository)
+        group = distributed.from_environment()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    where = f"rank {group.rank}: " if group.distributed else ""
+    try:
+        if group.main:  # the one process that writes into the repository
+            check_repository(args.repository)
+        if args.command == "forecast":
+            from training.forecast import command as forecast
+
+            forecast(args, _given(args))
+            return 0
+        if args.command == "quantize":
+            from training.quantize import command
+
+            command(args)
+            return 0
         if args.command == "retrain":
+            if group.distributed:
+                raise ConfigError("retrain runs in one process: start it without torchrun")
+            if args.model in FORECASTERS:
+                from training.retrain_forecast import retrain_forecaster
+
+                recipe = FORECASTERS[args.model]
+                retrain_forecaster(
+                    recipe,
+                    recipe.defaults.replace(**_given(args)).validate(),
+                    args.repository,
+                    args.feedback,
+                    args.tolerance,
+                    args.report_dir,
+                )
+                return 0
             from training.retrain import retrain
 
             retrain(
@@ -155,10 +216,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         names = list(RECIPES) if args.model == "all" else [args.model]
         configs = [config_for(name, args) for name in names]
-        for name, config in zip(names, configs, strict=True):
-            run(RECIPES[name], config, args.repository)
+        with distributed.launched() as group:
+            for name, config in zip(names, configs, strict=True):
+                run(RECIPES[name], config, args.repository, group, args.checkpoint_dir)
     except (TrainingError, RepositoryError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {where}{exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not (isinstance(exc, dist.DistError) or (group.distributed and "gloo" in str(exc))):
+            raise  # a bug: its traceback
+        # another process of the run failed or vanished (gloo: the connection to it broke)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: {where}lost the other processes of the run ({first}); nothing was published",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing was published", file=sys.stderr)

@@ -36,6 +36,9 @@ class TrainConfig:
     )
     seed: int = _setting(0, "seeds python, numpy and torch: a rerun gives the same figures")
     hidden: int = _setting(64, "width of the hidden layer(s) / LSTM state size")
+    cell: Literal["lstm", "gru"] = _setting(
+        "lstm", "the recurrent cell of sequence models: lstm or gru"
+    )
     threads: int = _setting(2, "torch intra-op threads")
     quick: bool = _setting(
         False,
@@ -63,6 +66,7 @@ class TrainConfig:
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.hidden >= 1, f"hidden size must be >= 1, got {self.hidden}"),
             (self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (self.cell in ("lstm", "gru"), f"cell must be lstm or gru, got {self.cell!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,6 +4,8 @@ the training split, so the exported graph takes raw values and serving never rep
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -93,7 +95,8 @@ class CNN(nn.Module):
 
 
 class SequenceLSTM(nn.Module):
-    """Sequences ``[B, T, C]`` → class logits from the final hidden state.
+    """Sequences ``[B, T, C]`` → class logits from the final hidden state (of an LSTM, or of
+    a GRU with ``cell="gru"``).
 
     Training passes ``lengths`` for padded batches and the LSTM runs on a packed sequence, so
     padding never reaches the state. The exported graph is traced without ``lengths``: it takes
@@ -109,10 +112,11 @@ class SequenceLSTM(nn.Module):
         bidirectional: bool,
         n_classes: int,
         dropout: float,
+        cell: Literal["lstm", "gru"] = "lstm",
     ) -> None:
         super().__init__()
         self.normalize = normalize
-        self.lstm = nn.LSTM(
+        self.lstm = (nn.LSTM if cell == "lstm" else nn.GRU)(
             n_channels,
             hidden,
             num_layers=layers,
@@ -128,10 +132,11 @@ class SequenceLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = self.normalize(x)
         if lengths is None:
-            _, (h_n, _) = self.lstm(x)
+            _, state = self.lstm(x)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.lstm(packed)
+            _, state = self.lstm(packed)
+        h_n = state[0] if isinstance(state, tuple) else state  # an LSTM's (h_n, c_n)
         last = h_n[-self.directions :]  # the top layer, every direction: [dirs, B, H]
         logits: torch.Tensor = self.head(torch.cat(list(last), dim=1))
         return logits
@@ -147,3 +152,40 @@ class WithProbabilities(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
         return logits, torch.softmax(logits, dim=1)
+
+
+class Forecaster(nn.Module):
+    """A window ``[B, W]`` of raw past values → the next ``H`` values ``[B, H]``, same units.
+
+    The window is taken relative to its last value and scaled by ``normalize`` (fitted on
+    the training windows), so the network sees the shape of the recent past, not the level
+    (the series may leave its training range); the head predicts each future value's change
+    from that last value, scaled back by ``denormalize``'s fitted buffers. ``cell``: an LSTM
+    or a GRU over the window, one step per value; the final state feeds the head."""
+
+    def __init__(
+        self,
+        normalize: Normalize,
+        denormalize: Normalize,
+        cell: Literal["lstm", "gru"],
+        hidden: int,
+        horizon: int,
+        layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.denormalize = denormalize  # its mean and std un-scale the head's output
+        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = recurrent(
+            1, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, horizon))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = x[:, -1:]
+        steps = self.normalize(x - last).unsqueeze(-1)
+        states, _ = self.rnn(steps)
+        change = self.head(states[:, -1])
+        out: torch.Tensor = last + change * self.denormalize.std + self.denormalize.mean
+        return out

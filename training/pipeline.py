@@ -29,9 +29,12 @@ from modelrepo import (
 )
 from training import data, evaluate, export, plots
 from training.batches import collate
+from training.checkpoint import RunFolder
 from training.config import TrainConfig
+from training.distributed import SINGLE, Group
+from training.errors import TrainingError
 from training.loop import History, train
-from training.publish import Staged, stage
+from training.publish import Staged, explain_baseline, stage
 from training.recipes import Recipe, Samples
 
 PARITY_MIN_SAMPLES = 256
@@ -97,6 +100,17 @@ class Splits:
     feedback: int | None  # feedback examples added; None when no feedback was asked for
 
 
+@dataclass
+class Trained:
+    """A trained network (in every process of a torchrun group), not yet exported."""
+
+    splits: Splits
+    net: nn.Module
+    history: History
+    started: float  # time.perf_counter() when training began
+    group: Group
+
+
 def build_candidate(
     recipe: Recipe,
     config: TrainConfig,
@@ -105,21 +119,45 @@ def build_candidate(
 ) -> Candidate:
     """Train on the training split (plus ``extra`` labelled examples, e.g. feedback), export,
     check parity and evaluate the exported graph on the raw test split."""
+    return package(recipe, config, dataset, train_model(recipe, config, dataset, extra))
+
+
+def train_model(
+    recipe: Recipe,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    extra: tuple[Samples, np.ndarray] | None = None,
+    group: Group = SINGLE,
+    folder: RunFolder | None = None,
+) -> Trained:
+    """Seed, split and train: the part every process of a torchrun group runs."""
     config.validate()
     seed_everything(config.seed, config.threads)
     splits = split_data(recipe, config, dataset, extra)
     started = time.perf_counter()
-    net, history = fit(recipe, config, splits, len(dataset.labels))
+    net, history = fit(recipe, config, splits, len(dataset.labels), group, folder)
+    return Trained(splits, net, history, started, group)
+
+
+def package(
+    recipe: Recipe, config: TrainConfig, dataset: data.Dataset, trained: Trained
+) -> Candidate:
+    """Export, check parity, evaluate the exported graph and stage it: rank 0's part."""
+    splits, net, history = trained.splits, trained.net, trained.history
     staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
     try:
         exported = export_checked(recipe, net, splits, dataset, staging)
         metrics = evaluate_exported(exported, dataset)
-        stage_artifacts(staging, recipe.name, config, history, metrics, dataset.labels)
+        stage_artifacts(
+            staging, recipe.name, config, history, metrics, dataset.labels, trained.group
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    wall_time = round(time.perf_counter() - started, 2)
-    card = card_maker(recipe, config, dataset, splits, net, history, exported, metrics, wall_time)
+    wall_time = round(time.perf_counter() - trained.started, 2)
+    card = card_maker(
+        recipe, config, dataset, splits, net, history, exported, metrics, wall_time, trained.group
+    )
     return Candidate(recipe, staging, metrics, history, card)
 
 
@@ -153,12 +191,25 @@ def split_data(
 
 
 def fit(
-    recipe: Recipe, config: TrainConfig, splits: Splits, n_classes: int
+    recipe: Recipe,
+    config: TrainConfig,
+    splits: Splits,
+    n_classes: int,
+    group: Group = SINGLE,
+    folder: RunFolder | None = None,
 ) -> tuple[nn.Module, History]:
     """Build the recipe's network (normalization fitted on the training side) and train it."""
     net = recipe.build(splits.x_train, n_classes, config)
     history = train(
-        net, splits.x_train, splits.y_train, splits.x_val, splits.y_val, config, recipe.augment
+        net,
+        splits.x_train,
+        splits.y_train,
+        splits.x_val,
+        splits.y_val,
+        config,
+        recipe.augment,
+        group,
+        folder,
     )
     return net, history
 
@@ -195,14 +246,18 @@ def stage_artifacts(
     history: History,
     metrics: TestMetrics,
     labels: list[str],
+    group: Group = SINGLE,
 ) -> None:
     """Next to ``model.onnx``: the learning curves, the confusion matrix and ``run.json``
-    (config + per-epoch history)."""
+    (config, how the run was spread: processes, global batch and its lr; per-epoch history)."""
     plots.learning_curves(history, name, staging / "learning_curve.png")
     plots.confusion(metrics.confusion_matrix, labels, name, staging / "confusion_matrix.png")
-    (staging / "run.json").write_text(
-        json.dumps({"config": config.as_dict(), "history": history.__dict__}, indent=1) + "\n"
-    )
+    run = {
+        "config": config.as_dict(),
+        "distributed": group.describe(config.batch_size, config.lr),
+        "history": history.__dict__,
+    }
+    (staging / "run.json").write_text(json.dumps(run, indent=1) + "\n")
 
 
 def card_maker(
@@ -215,6 +270,7 @@ def card_maker(
     exported: Staged,
     metrics: TestMetrics,
     wall_time: float,
+    group: Group = SINGLE,
 ) -> Callable[[int], ModelCard]:
     """``model.json`` for the version the candidate gets when it is published."""
     dataset_info = DatasetInfo(
@@ -236,12 +292,14 @@ def card_maker(
         if dataset.feature_names
         else []
     )
+    typical = explain_baseline(splits.x_train, recipe.input)  # what explanations occlude with
+    spread = f" x {group.world_size} processes ({group.backend})" if group.distributed else ""
 
     def card(version: int) -> ModelCard:
         return ModelCard(
             name=recipe.name,
             version=version,
-            kind=recipe.kind,
+            kind="gru" if recipe.kind == "lstm" and config.cell == "gru" else recipe.kind,
             task="classification",
             description=recipe.description,
             inputs=[recipe.input],
@@ -261,13 +319,14 @@ def card_maker(
                 onnxruntime_version=ort.__version__,
                 opset=export.OPSET,
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                trained_on=f"{platform.machine()} {torch.get_num_threads()} threads",
+                trained_on=f"{platform.machine()} {torch.get_num_threads()} threads{spread}",
             ),
             baseline=baseline,
             metrics=metrics,
             onnx_sha256=exported.sha256,
             parity=exported.parity,
             reference=exported.reference,
+            explain_baseline=typical,
         )
 
     return card
@@ -297,11 +356,81 @@ def publish_candidate(candidate: Candidate, repository: Path) -> Result:
     return result
 
 
-def run(recipe: Recipe, config: TrainConfig, repository: Path) -> Result:
-    """Train, export, check and publish one new version of ``recipe``."""
+def run(
+    recipe: Recipe,
+    config: TrainConfig,
+    repository: Path,
+    group: Group = SINGLE,
+    checkpoints: Path | None = None,
+) -> Result | None:
+    """Train, export, check and publish one new version of ``recipe``.
+
+    In a torchrun ``group`` every process trains; rank 0 alone exports, checks parity,
+    evaluates and publishes, and only once every process is still there after training (a
+    process lost before that point fails the run and nothing is published); the others
+    return None. With ``checkpoints`` the run keeps its run folder in
+    ``checkpoints/<model>`` (``training/checkpoint.py``): it resumes from the last epoch
+    there, and once it has published, running it again publishes nothing."""
     config.validate()
-    candidate = build_candidate(recipe, config, load_dataset(recipe, config))
-    return publish_candidate(candidate, repository)
+    group.local_batch(config.batch_size)  # a global batch the processes cannot share: now
+    folder = None
+    if checkpoints is not None:
+        settings = {"config": config.as_dict(), "processes": group.world_size}
+        folder = RunFolder(checkpoints / recipe.name, group, settings)
+        done = folder.published()
+        if done is not None:
+            if group.main:
+                print(f"{recipe.name}: this run already published version {done} "
+                      f"(run folder {folder.path}); nothing to do", flush=True)  # fmt: skip
+            return None
+    dataset = load_dataset(recipe, config)
+    trained = train_model(recipe, config, dataset, group=group, folder=folder)
+    return publish_from_rank_zero(recipe, config, dataset, trained, repository, folder)
+
+
+def publish_from_rank_zero(
+    recipe: Recipe,
+    config: TrainConfig,
+    dataset: data.Dataset,
+    trained: Trained,
+    repository: Path,
+    folder: RunFolder | None,
+) -> Result | None:
+    """Rank 0 packages the trained network; if every process is still there (the commit
+    point) it publishes and tells the others the version, or why it could not."""
+    group = trained.group
+    candidate, failure = None, None
+    if group.main:
+        try:
+            candidate = package(recipe, config, dataset, trained)
+        except BaseException as exc:
+            failure = exc
+    try:
+        ready = group.all(failure is None)  # every process is there: the commit point
+    except BaseException:
+        if candidate is not None:
+            candidate.discard()
+        raise
+    if not ready:
+        message = group.share(None if failure is None else f"{failure}")
+        if failure is not None:
+            raise failure
+        raise TrainingError(f"rank 0 could not export {recipe.name} ({message}): nothing published")
+    if not group.main:
+        outcome = group.share(None)
+        if isinstance(outcome, str):
+            raise TrainingError(f"rank 0 could not publish {recipe.name} ({outcome})")
+        return None
+    assert candidate is not None
+    try:
+        result = publish_candidate(candidate, repository)
+    except BaseException as exc:
+        group.share(f"{exc}")
+        raise
+    if folder is not None:
+        folder.mark_published(result.version, repository)
+    group.share(result.version)
+    return result
 
 
 def _reference_groups(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray | list[np.ndarray]]:

@@ -25,6 +25,7 @@ from torch import nn
 
 from modelrepo import (
     MODEL_FILE,
+    ExplainBaseline,
     ModelCard,
     Parity,
     ReferenceCase,
@@ -151,6 +152,7 @@ def publish(
                 onnx_sha256=staged.sha256,
                 parity=staged.parity,
                 reference=staged.reference,
+                explain_baseline=explain_baseline(x, spec),
             )
 
         try:
@@ -160,6 +162,30 @@ def publish(
         return publish_folder(Path(repository), name, lambda tmp: _copy(folder, tmp), card)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def explain_baseline(x: np.ndarray | list[np.ndarray], spec: TensorSpec) -> ExplainBaseline:
+    """The baseline explanations occlude with (``service.runtime.explain``), from training
+    inputs ``x``: what a removed part of an input is replaced by, i.e. the average input.
+
+    * fixed shapes (a tabular row, an image): the mean over the samples, element by element
+      (per-feature means; the mean image);
+    * a variable axis besides the batch (sequences of any length): the mean of each channel
+      over every time step of every sequence, shape ``[channels]``, since no per-step mean
+      fits a sequence of another length.
+    """
+    if isinstance(x, list) or -1 in spec.shape[1:]:
+        steps = np.concatenate([np.reshape(s, (-1, spec.shape[-1])) for s in x])
+        mean = steps.astype(np.float64).mean(axis=0)
+        how = "mean of each channel over every time step of the training inputs"
+    else:
+        mean = np.asarray(x, dtype=np.float64).mean(axis=0)
+        how = "element-wise mean of the training inputs"
+    return ExplainBaseline(
+        description=f"{how} (n={len(x)})",
+        shape=list(mean.shape),
+        data=[float(v) for v in mean.ravel()],
+    )
 
 
 def _array(inputs: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -63,6 +63,7 @@ def _build_lstm(x: Samples, n_classes: int, config: TrainConfig) -> nn.Module:
         bidirectional=True,
         n_classes=n_classes,
         dropout=config.dropout,
+        cell=config.cell,
     )
 
 

@@ -110,39 +110,66 @@ def retrain(
     else:
         candidate.discard()
         version = champion_card.version
-    report: dict[str, Any] = {
-        "model": recipe.name,
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "decision": "published" if accept else "kept champion",
-        "version": version,
-        "tolerance": tolerance,
-        "rule": "publish if challenger accuracy >= champion accuracy - tolerance",
-        "held_out": f"{dataset.name} test split, n={len(dataset.y_test)}",
-        "feedback": {
+    return report_decision(
+        Outcome(recipe.name, accept, version, tolerance, "accuracy"),
+        "publish if challenger accuracy >= champion accuracy - tolerance",
+        f"{dataset.name} test split, n={len(dataset.y_test)}",
+        {
             "store": redacted(feedback_url) if feedback_url else None,
             "examples": 0 if extra is None else len(extra[1]),
             "skipped": skipped,
         },
-        "champion": {
-            "version": champion_card.version,
-            "accuracy": champion.accuracy,
-            "loss": champion.loss,
-        },
-        "challenger": {
+        {"version": champion_card.version, "accuracy": champion.accuracy, "loss": champion.loss},
+        {
             "accuracy": challenger.accuracy,
             "loss": challenger.loss,
             "epochs_run": candidate.history.epochs_run,
             "config": config.as_dict(),
         },
+        report_dir,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    accepted: bool
+    version: int  # the published version, or the champion kept
+    tolerance: float
+    figure: str  # what the gate compares: accuracy, or a forecaster's MASE
+
+
+def report_decision(
+    outcome: Outcome,
+    rule: str,
+    held_out: str,
+    feedback: dict[str, Any],
+    champion: dict[str, Any],
+    challenger: dict[str, Any],
+    report_dir: Path,
+) -> Decision:
+    """Write the JSON and Markdown reports of a champion/challenger decision and say it."""
+    report: dict[str, Any] = {
+        "model": outcome.model,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "decision": "published" if outcome.accepted else "kept champion",
+        "version": outcome.version,
+        "tolerance": outcome.tolerance,
+        "rule": rule,
+        "held_out": held_out,
+        "feedback": feedback,
+        "champion": champion,
+        "challenger": challenger,
     }
     path = write_report(report, report_dir)
+    figure = outcome.figure
     print(
-        f"{recipe.name}: {report['decision']} (version {version}): challenger accuracy "
-        f"{challenger.accuracy:.4f} vs champion {champion.accuracy:.4f}, tolerance "
-        f"{tolerance}; report {path}",
+        f"{outcome.model}: {report['decision']} (version {outcome.version}): challenger "
+        f"{figure} {challenger[figure]:.4f} vs champion {champion[figure]:.4f}, tolerance "
+        f"{outcome.tolerance}; report {path}",
         flush=True,
     )
-    return Decision(accept, version, path)
+    return Decision(outcome.accepted, outcome.version, path)
 
 
 def write_report(report: dict[str, Any], folder: Path) -> Path:
@@ -151,15 +178,18 @@ def write_report(report: dict[str, Any], folder: Path) -> Path:
     base = folder / f"retrain-{report['model']}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     champion, challenger = report["champion"], report["challenger"]
+    figures = [k for k in champion if k != "version"]  # accuracy, loss; a forecaster's MASE...
+    published = report["version"] if report["decision"] == "published" else "-"
     base.with_suffix(".md").write_text(
         f"# Retraining {report['model']}: {report['decision']}\n\n"
         f"{report['time']} · held-out data: {report['held_out']} · tolerance "
         f"{report['tolerance']} ({report['rule']})\n\n"
-        "| model | version | test accuracy | test loss |\n|---|---|---|---|\n"
-        f"| champion | {champion['version']} | {champion['accuracy']:.4f} | "
-        f"{champion['loss']:.4f} |\n"
-        f"| challenger | {report['version'] if report['decision'] == 'published' else '-'} | "
-        f"{challenger['accuracy']:.4f} | {challenger['loss']:.4f} |\n\n"
+        f"| model | version | {' | '.join(f'test {k}' for k in figures)} |\n"
+        f"|---|---|{'---|' * len(figures)}\n"
+        f"| champion | {champion['version']} | "
+        f"{' | '.join(f'{champion[k]:.4f}' for k in figures)} |\n"
+        f"| challenger | {published} | "
+        f"{' | '.join(f'{challenger[k]:.4f}' for k in figures)} |\n\n"
         f"Feedback examples used: {report['feedback']['examples']}"
         f" (skipped {report['feedback']['skipped']}).\n\n"
         f"**Decision: {report['decision']}** (version {report['version']}).\n"

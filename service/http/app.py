@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
+from service.console import routes as console
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, NNServeError
 from service.http import inference, repository, v1, v2
@@ -89,12 +90,18 @@ def build(
     """``keys``: API keys guard every route but health, management (and ``/metrics`` unless
     ``protect_metrics``); None: no guard in the chain at all."""
     app = ServiceApp(
-        title="nnserve", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="nnserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from the package's own assets (service.console)
+        redoc_url=None,
     )
     app.include_router(inference.router())
     app.include_router(v2.router)
     app.include_router(v1.router)
     app.include_router(repository.router)
+    app.include_router(console.router)
 
     @app.get(
         "/metrics",

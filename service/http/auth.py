@@ -9,7 +9,8 @@ guarded request costs one header scan, one SHA-256 and one dict lookup
 
 Deny by default: every path needs a key except the open ones, so that a route added later is
 guarded unless it is listed here. Open: health and server metadata (probes), ``/metrics``
-(scrapes; unless ``NNSERVE_API_KEYS_PROTECT_METRICS``), and the management API, which has its
+(scrapes; unless ``NNSERVE_API_KEYS_PROTECT_METRICS``), the console's page and assets (no data
+in them), and the management API, which has its
 own token (``NNSERVE_ADMIN_TOKEN``, checked by ``service.http.repository``): an API key is no
 management token, nor the reverse. Model metadata needs a key (a card tells the training data,
 metrics, feature names and labels), and so does the OpenAPI document, which describes every
@@ -33,6 +34,9 @@ from service.observability.metrics import Metrics
 HEALTH = frozenset(("/v2", "/v2/health/live", "/v2/health/ready"))
 #: The management API: its own bearer token, never an API key.
 MANAGEMENT = "/v2/repository/"
+#: The console's page and its assets (``service.console``) hold no data: open, so that a
+#: browser can load the page, which then sends the key it is given with every API call.
+PAGE, ASSETS = "/", "/console/static/"
 _REFUSED = {
     MISSING: Reply.error(Unauthorized("this call needs an API key: Authorization: Bearer <key>")),
     INVALID: Reply.error(Unauthorized("invalid API key")),
@@ -74,7 +78,7 @@ class ApiKeyGuard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path in self.open or path.startswith(MANAGEMENT):
+        if path in self.open or path.startswith((MANAGEMENT, ASSETS)) or path == PAGE:
             await self.app(scope, receive, send)
             return
         presented = bearer(scope["headers"])

@@ -26,8 +26,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def protocol_of(path: str) -> str:
     if path.startswith("/v2"):
         return "v2"
-    if path.startswith("/v1"):
-        return "v1"
+    if path.startswith("/v1"):  # explanations apart, so that v1 latency is predictions' alone
+        return "explain" if path.endswith(":explain") else "v1"
     return "metrics" if path == "/metrics" else "other"
 
 
@@ -57,7 +57,7 @@ class RequestObserver:
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         # in-flight counts are plain ints, read by the gauge at scrape time (no lock per
         # request); with worker processes the gauge's shared file is what a scrape reads
-        self._in_flight = dict.fromkeys(("v1", "v2", "metrics", "other"), 0)
+        self._in_flight = dict.fromkeys(("v1", "v2", "explain", "metrics", "other"), 0)
         self._shared = {p: metrics.in_flight.labels(p) for p in self._in_flight}
         if not metrics.multiprocess:
             for protocol, child in self._shared.items():

@@ -1,6 +1,6 @@
-"""The one table from domain errors to HTTP: status code and headers. Every HTTP response
-for an error, from the fast path and from FastAPI alike, is built here; a gRPC edge maps the
-same tree (``service.errors``) to its own codes.
+"""Domain errors to HTTP: status code (from the one table, ``service.protocol.errors``, which
+the gRPC edge reads too) and headers. Every HTTP response for an error, from the fast path
+and from FastAPI alike, is built here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from service import errors as e
+from service.protocol.errors import CODES
 from service.protocol.schemas import ErrorBody
 
 
@@ -17,18 +18,11 @@ class MethodNotAllowed(e.NNServeError):
     """An HTTP method the route does not take (an edge error: no other transport has it)."""
 
 
-#: The table. The first entry the error is an instance of decides (subclasses inherit).
+#: The HTTP column of the one table (``service.protocol.errors``), and the one HTTP-only
+#: error. The first entry the error is an instance of decides (subclasses inherit).
 STATUS: tuple[tuple[type[e.NNServeError], int, str], ...] = (
-    (e.InvalidInput, 400, "bad input: which field, what was expected, what came"),
-    (e.Unauthorized, 401, "no valid API key (when on), or wrong management token"),
-    (e.Forbidden, 403, "management API off (no NNSERVE_ADMIN_TOKEN)"),
-    (e.ModelNotFound, 404, "unknown model, version or prediction id"),
+    *((kind, status, text) for kind, status, _, text in CODES),
     (MethodNotAllowed, 405, "wrong HTTP method"),
-    (e.Conflict, 409, "feedback contradicting recorded feedback"),
-    (e.RequestTooLarge, 413, "body over NNSERVE_MAX_BODY_BYTES"),
-    (e.ModelNotReady, 503, "not ready"),
-    (e.Overloaded, 503, "queue full (Retry-After)"),
-    (e.DeadlineExceeded, 504, "deadline passed"),
 )
 
 

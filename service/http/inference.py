@@ -33,7 +33,7 @@ from service.http.requests import (
 from service.http.responses import Reply
 from service.http.state import EdgeState
 from service.observability import tracing
-from service.protocol import v1, v2
+from service.protocol import explain, v1, v2
 from service.repository.registry import ServedVersion
 from service.runtime.batcher import Result
 
@@ -73,6 +73,15 @@ async def infer_v2(
         return Reply(content, headers=extra)
     binary = [(b"inference-header-content-length", str(header_length).encode())]
     return Reply(content, "application/octet-stream", binary + (extra or []))
+
+
+async def explain_v1(
+    plane: DataPlane, ctx: RequestContext, served: ServedVersion, body: bytes, headers: Headers
+) -> Reply:
+    model = served.model
+    groups, _, patch = explain.decode(body, model)
+    explained = await plane.explain(ctx, served, [batch for _, batch in groups], patch)
+    return Reply(orjson.dumps(explain.encode(model, groups, explained, ctx.request_id)))
 
 
 #: Response header (with the prediction log on): whether the request's predictions went to
@@ -223,6 +232,26 @@ ROUTES = (
         "V1PredictRequest",
         "V1PredictResponse",
         (_model, _headers),
+        binary=False,
+    ),
+    HotRoute(
+        "/v1/models/{model_name}:explain",
+        explain_v1,
+        V1_TAG,
+        "Explain: the prediction and each input part's share in it (occlusion)",
+        "V1ExplainRequest",
+        "V1ExplainResponse",
+        (_model, _headers),
+        binary=False,
+    ),
+    HotRoute(
+        "/v1/models/{model_name}/versions/{model_version}:explain",
+        explain_v1,
+        V1_TAG,
+        "Explain on one version",
+        "V1ExplainRequest",
+        "V1ExplainResponse",
+        (_model_version, _headers),
         binary=False,
     ),
     HotRoute(

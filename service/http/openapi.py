@@ -43,11 +43,14 @@ class Documented:
 _V1 = Documented("V1Predict", bodies.v1_request, bodies.v1_example, bodies.v1_response)
 _V2 = Documented("V2Infer", bodies.v2_request, bodies.v2_example, bodies.v2_response)
 _META = Documented("V2ModelMetadata", response=bodies.v2_metadata)
+_EXPLAIN = Documented("V1Explain", bodies.v1_explain_request, bodies.v1_example)
 #: (method, templated path) → its per-model schemas. Other operations on ``{model_name}``
 #: are repeated per model as they are (their bodies do not depend on the card).
 PER_MODEL: dict[tuple[str, str], Documented] = {
     ("post", "/v1/models/{model_name}:predict"): _V1,
     ("post", "/v1/models/{model_name}/feedback"): Documented("V1Feedback", bodies.v1_feedback),
+    ("post", "/v1/models/{model_name}:explain"): _EXPLAIN,
+    ("post", "/v1/models/{model_name}/versions/{model_version}:explain"): _EXPLAIN,
     ("post", "/v2/models/{model_name}/infer"): _V2,
     ("post", "/v2/models/{model_name}/versions/{model_version}/infer"): _V2,
     ("get", "/v2/models/{model_name}"): _META,
@@ -58,6 +61,8 @@ GENERIC: dict[str, Schema] = {
     "V1PredictRequest": bodies.v1_request(),
     "V1PredictResponse": bodies.v1_response(),
     "V1Feedback": bodies.v1_feedback(),
+    "V1ExplainRequest": bodies.v1_explain_request(),
+    "V1ExplainResponse": bodies.v1_explain_response(),
     "V2InferRequest": bodies.v2_request(),
     "V2InferResponse": bodies.v2_response(),
 }

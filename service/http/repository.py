@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -13,6 +12,7 @@ from service.errors import Forbidden, Unauthorized
 from service.http.errors import ADMIN_ERRORS
 from service.http.responses import json_response
 from service.http.state import state
+from service.keys import is_admin
 
 
 def admin(request: Request) -> DataPlane:
@@ -22,10 +22,7 @@ def admin(request: Request) -> DataPlane:
     token = edge.settings.admin_token
     if token is None:
         raise Forbidden("the management API is off: set NNSERVE_ADMIN_TOKEN to enable it")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
-    ):
+    if not is_admin(token.get_secret_value(), request.headers.get("authorization", "")):
         raise Unauthorized("missing or wrong bearer token")
     return edge.plane
 

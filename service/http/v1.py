@@ -30,7 +30,7 @@ async def describe(request: Request, model_name: str) -> Response:
     "/models/{model_name}/feedback",
     response_model=V1FeedbackResponse,
     responses=documented(409),
-    summary="Ground truth for logged predictions",
+    summary="Ground truth for logged predictions (a forecaster's: actual values)",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -47,4 +47,8 @@ async def feedback(request: Request, model_name: str) -> Response:
         request.headers.get("content-length", "").encode() or None,
         edge.settings.max_body_bytes,
     )
+    newest = edge.plane.newest(model_name)
+    if newest is not None and newest.card.forecast is not None:  # actual values, not labels
+        items = v1.decode_feedback(body, newest)
+        return json_response(await edge.plane.actuals(model_name, items))
     return json_response(await edge.plane.feedback(model_name, v1.decode_feedback(body)))

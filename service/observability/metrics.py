@@ -52,6 +52,7 @@ class VersionMetrics:
     runs: Counter
     queue_depth: Gauge
     classes: list[Counter] = field(default_factory=list)
+    explain: Histogram | None = None
 
 
 class Collected:
@@ -117,6 +118,24 @@ class Collected:
             "Population stability index of recent inputs vs the training split, per feature",
             [*mv, "feature"],
         )
+        mvs = [*mv, "step"]
+        forecast_mae = gauge(
+            "forecast_mae",
+            "A forecaster's live mean absolute error per horizon step (1 = next value), over "
+            "the last actual values fed back (sliding window), in the series' units",
+            mvs,
+        )
+        forecast_rmse = gauge(
+            "forecast_rmse", "A forecaster's live root mean squared error per horizon step", mvs
+        )
+        forecast_actuals = gauge(
+            "forecast_actuals", "Actual values in the live forecast-error window, per step", mvs
+        )
+        forecast_test_mae = gauge(
+            "forecast_test_mae",
+            "A forecaster's test MAE per horizon step, from model.json (the training baseline)",
+            mvs,
+        )
         figures = self._writer_figures() if live else None
         if live and self.log is not None:
             base = figures or self._last
@@ -138,8 +157,16 @@ class Collected:
             for model, version, feature, psi in (figures or {}).get("drift", []):
                 if (model, version) in serving:
                     drift.add_metric([model, str(version), feature], psi)
+            for e in self.quality.forecast_errors():
+                labels = [e.model, str(e.version), str(e.step)]
+                forecast_mae.add_metric(labels, e.mae)
+                forecast_rmse.add_metric(labels, e.rmse)
+                forecast_actuals.add_metric(labels, e.n)
+            for e in self.quality.test_errors():
+                forecast_test_mae.add_metric([e.model, str(e.version), str(e.step)], e.mae)
         yield from (written, dropped, pruned, size, rows, oldest, limit)
         yield from (accuracy, window, drift)
+        yield from (forecast_mae, forecast_rmse, forecast_actuals, forecast_test_mae)
 
 
 class Metrics:
@@ -166,7 +193,7 @@ class Metrics:
         mv = ["model", "version"]
         self.requests = Counter(
             "nnserve_requests",
-            "HTTP requests answered, by protocol (v1, v2, metrics, other), "
+            "HTTP requests answered, by protocol (v1, v2, explain, metrics, other), "
             "model, version and status code",
             ["protocol", "model", "version", "code"],
             registry=registry,
@@ -248,6 +275,14 @@ class Metrics:
         self.predictions = Counter(
             "nnserve_predictions", "Predicted class labels", [*mv, "label"], registry=registry
         )
+        self.explain_duration = Histogram(
+            "nnserve_explain_duration_seconds",
+            "Time an explanation took, from admission to its explainer queue to the end of its "
+            "batched occlusion run",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.models_loaded = Gauge(
             "nnserve_models_loaded",
             "Model versions loaded and serving",
@@ -306,6 +341,7 @@ class Metrics:
             runs=self.runs.labels(*labels),
             queue_depth=self.queue_depth.labels(*labels),
             classes=[self.predictions.labels(*labels, label) for label in card.labels],
+            explain=self.explain_duration.labels(*labels),
         )
 
     def version_unloaded(self, card: ModelCard) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from modelrepo import TensorSpec
 from service.protocol.tensors import FLOAT_COMPATIBLE
 from service.runtime.checks import FLOAT32_MAX, describe_shape
+from service.runtime.explain import kind_of
 from service.runtime.model import ServedModel
 
 Schema = dict[str, Any]
@@ -154,21 +155,59 @@ def v1_prediction(model: ServedModel | None = None) -> Schema:
 
 
 def v1_response(model: ServedModel | None = None, versions: list[int] | None = None) -> Schema:
-    return {
+    """Predictions; a forecaster's (the card has a ``forecast``): forecasts and their ids."""
+    common: Schema = {
+        "model_name": {"type": "string"} if model is None else {"const": model.name},
+        "model_version": {"type": "string"} if not versions else _versions(versions),
+        "id": {"type": "string"},
+    }
+    predictions: Schema = {
         "type": "object",
         "properties": {
             "predictions": {"type": "array", "items": v1_prediction(model), "minItems": 1},
-            "model_name": {"type": "string"} if model is None else {"const": model.name},
-            "model_version": {"type": "string"} if not versions else _versions(versions),
-            "id": {"type": "string"},
+            **common,
         },
         "required": ["predictions", "model_name", "model_version", "id"],
         "additionalProperties": False,
     }
+    if model is None:
+        return {"anyOf": [predictions, v1_forecast_response()]}
+    if model.card.forecast is not None:
+        return v1_forecast_response(model, common)
+    return predictions
+
+
+def v1_forecast_response(model: ServedModel | None = None, common: Schema | None = None) -> Schema:
+    """``{"forecast": [[H values]...], "horizon", "units", "step", "ids", ...}``."""
+    forecast = model.card.forecast if model is not None else None
+    h = forecast.horizon if forecast is not None else None
+    row: Schema = {"type": "array", "items": {"type": "number"}}
+    if h is not None:
+        row |= {"minItems": h, "maxItems": h}
+    return {
+        "type": "object",
+        "properties": {
+            "forecast": {"type": "array", "items": row, "minItems": 1,
+                         "description": "the next values of each instance, in the series' units"},
+            "horizon": {"type": "integer"} if h is None else {"const": h},
+            "units": {"type": "string"} if forecast is None else {"const": forecast.units},
+            "step": {"type": "string"} if forecast is None else {"const": forecast.step},
+            "ids": {"type": "array", "items": {"type": "string"},
+                    "description": "each forecast's id, for feedback (its actual values)"},
+            **(common or {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                          "id": {"type": "string"}}),
+        },
+        "required": ["forecast", "horizon", "units", "step", "ids", "model_name",
+                     "model_version", "id"],
+        "additionalProperties": False,
+    }  # fmt: skip
 
 
 def v1_feedback(model: ServedModel | None = None) -> Schema:
-    """``{"id", "label"}`` or a non-empty list of them; the label one of the model's."""
+    """``{"id", "label"}`` or a non-empty list of them; the label one of the model's. A
+    forecaster's: ``{"id", "actuals", "start"?}`` (the actual values from step ``start``)."""
+    if model is not None and model.card.forecast is not None:
+        return _with_lists(_actuals(model.card.forecast.horizon))
     labels = model.card.labels if model is not None else []
     item = {
         "type": "object",
@@ -180,7 +219,101 @@ def v1_feedback(model: ServedModel | None = None) -> Schema:
         "required": ["id", "label"],
         "additionalProperties": False,
     }  # fmt: skip
+    if model is None:
+        return {"anyOf": [*_with_lists(item)["anyOf"], *_with_lists(_actuals(None))["anyOf"]]}
+    return _with_lists(item)
+
+
+def _with_lists(item: Schema) -> Schema:
     return {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+
+
+def _actuals(horizon: int | None) -> Schema:
+    values: Schema = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+    start: Schema = {"type": "integer", "minimum": 0}
+    if horizon is not None:
+        values["maxItems"] = horizon
+        start["maximum"] = horizon - 1
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "description": "a forecast's id (ids[i] of its answer)"},
+            "actuals": values | {"description": "actual values, from horizon step 'start' on"},
+            "start": start | {"description": "the horizon step of the first value (0: the "
+                              "next value after the window); default 0"},
+        },
+        "required": ["id", "actuals"],
+        "additionalProperties": False,
+    }  # fmt: skip
+
+
+# -- explanations (v1 :explain) --------------------------------------------------------------
+def v1_explain_request(model: ServedModel | None = None) -> Schema:
+    """A v1 predict body, and ``parameters.patch_size`` for image inputs."""
+    schema = v1_request(model)
+    patch: Schema = {
+        "type": "integer",
+        "minimum": 1,
+        "description": "images: the side of an occluded square patch in pixels (default: a "
+        "7 x 7 grid); coarser when the request would exceed NNSERVE_EXPLAIN_MAX_SAMPLES",
+    }
+    if model is not None and kind_of(model) != "patches":
+        parameters: Schema = {"type": "object", "properties": {}}  # no image: no patch size
+    else:
+        if model is not None:
+            patch["maximum"] = max(model.input.shape[-2:])
+        parameters = {"type": "object", "properties": {"patch_size": patch}}
+    schema["properties"]["parameters"] = parameters
+    return schema
+
+
+def v1_explain_response() -> Schema:
+    """Predictions with their explanations (``service.protocol.explain``)."""
+    numbers = {"type": "array", "items": {"type": "number"}}
+    item = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
+            "outputs": {"description": "the model's output for a model without labels"},
+            "target": {"type": "string", "description": "the label explained, or outputs[0]"},
+            "score": {"type": "number", "description": "the target's probability or value"},
+            "attributions": {
+                "type": ["array", "null"],
+                "description": "the score's drop without each part, in the instance's shape "
+                "(null: a sequence's cells, left out within the sample cap)",
+            },
+            "time_steps": {**numbers, "description": "sequences: per time step"},
+            "channels": {**numbers, "description": "sequences: per channel"},
+            "feature_names": {"type": "array", "items": {"type": "string"}},
+            "patch_size": {"type": "integer", "minimum": 1},
+        },
+        "required": ["target", "score", "attributions"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "method": {"const": "occlusion"},
+            "parts": {"enum": ["features", "patches", "sequence"]},
+            "baseline": {
+                "type": "object",
+                "properties": {
+                    "origin": {"enum": ["card", "derived"]},
+                    "description": {"type": "string"},
+                },
+                "required": ["origin", "description"],
+            },
+            "samples": {"type": "integer", "minimum": 1},
+            "explanations": {"type": "array", "items": item, "minItems": 1},
+        },
+        "required": [
+            "model_name", "model_version", "id", "method", "parts", "baseline", "samples",
+            "explanations",
+        ],
+    }  # fmt: skip
 
 
 # -- Open Inference Protocol (v2) ------------------------------------------------------------

@@ -3,7 +3,8 @@
 Instances come in the model's natural shape: a row of numbers or an object keyed by feature
 name (tabular), a 28x28 array (images), a list of time steps of any length (sequences).
 Sequences of different lengths are split into groups of one length, so no padding ever
-reaches a model. Feedback bodies (``{"id", "label"}`` or a list of them) are decoded here too.
+reaches a model. Feedback bodies (``{"id", "label"}`` or a list of them; a forecaster's
+actual values) are decoded here too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
+from service.protocol import forecast
 from service.protocol.jsonbody import parse_json_body
 from service.protocol.tensors import check_outputs, from_json
 from service.runtime.model import ServedModel
@@ -98,11 +100,20 @@ def encode(
     request_id: str,
 ) -> dict[str, Any]:
     """Predictions in instance order, each with its id (for feedback); classifiers give the
-    label and per-class probabilities."""
+    label and per-class probabilities, forecasters the forecast (``protocol.forecast``)."""
     labels = model.card.labels
     index = model.probabilities_index if model.probabilities_index is not None else -1
     for values in outputs:
         check_outputs(model.name, model.output_names, values)
+    if model.card.forecast is not None:
+        return forecast.encode(
+            model.card.forecast,
+            _in_order(groups, outputs, model.output_names.index(model.card.forecast.output)),
+            ids,
+            model.name,
+            model.version,
+            request_id,
+        )
     predictions: list[Any] = [None] * len(ids)
     for (positions, _), values in zip(groups, outputs, strict=True):
         scores = values[index]
@@ -126,10 +137,26 @@ def encode(
     }
 
 
-def decode_feedback(body: bytes) -> list[tuple[str, str]]:
-    """``{"id": ..., "label": ...}`` or a list of them → (prediction id, label) pairs."""
+def _in_order(groups: list[Group], outputs: list[list[np.ndarray]], index: int) -> np.ndarray:
+    """Output ``index`` of every group, back in instance order."""
+    if len(groups) == 1 and groups[0][0] is None:
+        return outputs[0][index]
+    total = sum(len(values[index]) for values in outputs)
+    ordered = np.empty((total, *outputs[0][index].shape[1:]), dtype=outputs[0][index].dtype)
+    for (positions, _), values in zip(groups, outputs, strict=True):
+        ordered[positions if positions is not None else slice(None)] = values[index]
+    return ordered
+
+
+def decode_feedback(body: bytes, model: ServedModel | None = None) -> list[Any]:
+    """``{"id": ..., "label": ...}`` or a list of them → (prediction id, label) pairs; for a
+    forecaster ``model``, ``{"id", "actuals", "start"?}`` items → :class:`forecast.Actuals`."""
     payload = parse_json_body(body)
     items = payload if isinstance(payload, list) else [payload]
+    if model is not None and model.card.forecast is not None:
+        if not items:
+            raise InvalidInput('feedback is empty; send {"id": ..., "actuals": [...]} or a list')
+        return forecast.decode_actuals(items, model.card.forecast.horizon)
     if not items:
         raise InvalidInput('feedback is empty; send {"id": ..., "label": ...} or a list')
     pairs = []

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from modelrepo import scan
 from service.app import create_app
 from service.settings import Settings
 from tests.support import samples
@@ -95,9 +96,7 @@ def test_model_metadata(client: TestClient, name: str, input_name: str, shape: l
 
 
 def test_v1_model_list(client: TestClient) -> None:
-    assert client.get("/v1/models").json() == {
-        "models": ["breast-cancer-ann", "fashion-cnn", "vowels-lstm"]
-    }
+    assert client.get("/v1/models").json() == {"models": sorted(scan(MODELS))}
 
 
 def test_openapi_documents_both_protocols(client: TestClient) -> None:

@@ -56,6 +56,7 @@ ALERT_NAMES = {
     "NnservePredictionLogNearBound",
     "NnserveInputDrift",
     "NnserveLiveAccuracyLow",
+    "NnserveForecastErrorHigh",
 }
 SERVICE_UID = "10001"
 

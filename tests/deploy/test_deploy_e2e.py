@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from modelrepo import CARD_FILE, MODEL_FILE, read_card
+from modelrepo import CARD_FILE, MODEL_FILE, read_card, scan
 from service.keys import digest, new_key
 from tests.support import samples
 from tests.support.deploy import (
@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 NAMES = ("breast-cancer-ann", "fashion-cnn", "vowels-lstm")
 BROKEN = "breast-cancer-ann"  # gets a version 2 whose model.onnx does not match its sha256
 FEEDBACK_MODEL = "breast-cancer-ann"  # gets feedback for its v1 predictions
+FORECASTER = "co2-lstm"  # gets actual values, in pieces, for its forecasts
 #: Extra rows of FEEDBACK_MODEL per wave: with the 3 x 2 of the other v1 calls, two waves
 #: label more than the 50 predictions NnserveLiveAccuracyLow needs in the window.
 FEEDBACK_ROWS = 25
@@ -113,7 +114,13 @@ def send_traffic(url: str) -> tuple[int, list[dict[str, Any]]]:
             assert (
                 client.post(f"/v2/models/{name}/infer", content=b'{"inputs": [').status_code == 400
             )
-            sent += 8
+            r = client.post(
+                f"/v1/models/{name}:explain", json={"instances": batch(name)[:1].tolist()}
+            )
+            assert r.status_code == 200, r.text  # the explanations panel
+            sent += 9
+        forecast_feedback(client)
+        sent += 1
         r = client.post(
             f"/v1/models/{FEEDBACK_MODEL}:predict",
             json={"instances": samples.rows(FEEDBACK_ROWS).tolist()},
@@ -127,6 +134,20 @@ def send_traffic(url: str) -> tuple[int, list[dict[str, Any]]]:
             client.post("/v2/models/no-such-model/infer", json=v2_body(NAMES[0])).status_code == 404
         )
     return sent, predictions
+
+
+def forecast_feedback(client: httpx.Client) -> None:
+    """A forecast of FORECASTER and its actual values in two pieces (the forecast panel)."""
+    reference = read_card(MODELS / FORECASTER / "1").reference[0].inputs[0]
+    windows = np.reshape(reference.data, reference.shape)[:2]
+    r = client.post(f"/v1/models/{FORECASTER}:predict", json={"instances": windows.tolist()})
+    assert r.status_code == 200, r.text
+    for ident, forecast in zip(r.json()["ids"], r.json()["forecast"], strict=True):
+        for start in (0, 3):
+            actuals = [v + 0.5 for v in forecast[start : start + 3]]
+            piece = {"id": ident, "actuals": actuals, "start": start}
+            answer = client.post(f"/v1/models/{FORECASTER}/feedback", json=piece)
+            assert answer.status_code == 200, answer.text
 
 
 def send_feedback(url: str, predictions: list[dict[str, Any]]) -> int:
@@ -270,19 +291,30 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
         variables = variable_queries(dashboard())
         selector, label = parse_label_values(variables["model"])
         assert sorted(prometheus.api(f"label/{label}/values", **{"match[]": selector})) == sorted(
-            NAMES
+            scan(repository)
         )
         selector, label = parse_label_values(substitute(variables["version"], {"model": BROKEN}))
         assert prometheus.api(f"label/{label}/values", **{"match[]": selector}) == ["1"]
 
         # Every dashboard query, for all models and for one model and version.
-        for chosen in ({"model": ".+", "version": ".+"}, {"model": BROKEN, "version": "1"}):
+        # (forecast panels: for a forecaster; the others for BROKEN)
+        everything = {"model": ".+", "version": ".+"}
+        for chosen in (
+            everything,
+            {"model": BROKEN, "version": "1"},
+            {"model": FORECASTER, "version": "1"},
+        ):
             for query in panel_queries(dashboard()):
+                if chosen != everything and query.panel.startswith("Forecast") != (
+                    chosen["model"] == FORECASTER
+                ):
+                    continue
                 result = prometheus.query(substitute(query.expr, chosen))
                 assert finite(result), f"{query} with {chosen} shows nothing: {result}"
-                if chosen["model"] == BROKEN:
-                    models = {s["metric"].get("model", BROKEN) for s in result}
-                    assert models == {BROKEN}, f"{query} ignores $model: {models}"
+                if chosen != everything:
+                    one = chosen["model"]
+                    models = {s["metric"].get("model", one) for s in result}
+                    assert models == {one}, f"{query} ignores $model: {models}"
                     versions = {s["metric"].get("version", "1") for s in result}
                     assert versions == {"1"}, f"{query} ignores $version: {versions}"
         rate_by_code = next(
@@ -291,7 +323,7 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
         series = prometheus.query(substitute(rate_by_code.expr, {"model": ".+", "version": ".+"}))
         assert {(s["metric"]["model"], s["metric"]["code"]) for s in series} == {
             (name, code) for name in NAMES for code in ("200", "400")
-        }
+        } | {(FORECASTER, "200")}
         feedback_rate = next(
             q for q in panel_queries(dashboard()) if q.panel.startswith("Feedback")
         )
@@ -300,7 +332,7 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(tmp_path: Path) -
             (s["metric"]["model"], s["metric"]["outcome"])
             for s in series
             if float(s["value"][1]) > 0
-        } == {(FEEDBACK_MODEL, "correct"), (FEEDBACK_MODEL, "incorrect")}
+        } == {(FEEDBACK_MODEL, "correct"), (FEEDBACK_MODEL, "incorrect"), (FORECASTER, "actual")}
 
         # Every alert expression is valid PromQL; the ones about this state say what they should.
         rules_by_name = {rule["alert"]: rule for rule in alert_rules()}

@@ -40,6 +40,13 @@ KUSTOMIZATIONS = {
     PRODUCTION_HPA: KUBERNETES_DIR / "overlays" / "production-hpa",
     KSERVE: KUBERNETES_DIR / "kserve",
 }
+#: The distributed training run (deploy/kubernetes/training): two ways, one applied at a time.
+PYTORCHJOB = "training-pytorchjob"
+INDEXED_JOB = "training-indexed-job"
+TRAINING = {
+    PYTORCHJOB: KUBERNETES_DIR / "training" / "pytorchjob",
+    INDEXED_JOB: KUBERNETES_DIR / "training" / "indexed-job",
+}
 #: The Kubernetes API the core objects must fit (kubernetes-validate's schemas).
 KUBERNETES_VERSION = "1.33.0"
 #: Custom resources: JSON schemas in the repository (KEDA 2.17, prometheus-operator 0.83) ...
@@ -47,6 +54,7 @@ SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
+    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob.json",  # training operator, CRD v1
 }
 #: ... and KServe's own generated models (the kserve package, pinned in pyproject.toml).
 KSERVE_MODELS = {
@@ -69,7 +77,7 @@ def require_kubectl() -> str:
 @functools.cache
 def _kustomize(name: str) -> str:
     done = subprocess.run(
-        [require_kubectl(), "kustomize", str(KUSTOMIZATIONS[name])],
+        [require_kubectl(), "kustomize", str({**KUSTOMIZATIONS, **TRAINING}[name])],
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,7 +115,8 @@ def schema_errors(obj: Manifest) -> list[str]:
         return kserve_errors(obj, KSERVE_MODELS[key])
     if key in SCHEMAS:
         errors = _validator(SCHEMAS[key]).iter_errors(obj)
-        return [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
+        found = [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
+        return found + (_pod_template_errors(obj) if key[1] == "PyTorchJob" else [])
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
@@ -115,6 +124,18 @@ def schema_errors(obj: Manifest) -> list[str]:
     except kubernetes_validate.SchemaNotFoundError as error:
         return [error.message]
     return []
+
+
+def _pod_template_errors(job: Manifest) -> list[str]:
+    """A PyTorchJob's pod templates, which its CRD copies from the core PodTemplateSpec,
+    against Kubernetes' own (as a v1 PodTemplate), strictly."""
+    errors = []
+    for kind, spec in job.get("spec", {}).get("pytorchReplicaSpecs", {}).items():
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": kind.lower()},
+                    "template": spec.get("template", {})}  # fmt: skip
+        for error in schema_errors(template):
+            errors.append(f".spec.pytorchReplicaSpecs.{kind}{error}")
+    return errors
 
 
 @functools.cache
@@ -257,6 +278,11 @@ def workloads(objects: list[Manifest]) -> list[Workload]:
             pod = template["template"]["spec"]
             containers = pod["containers"] + pod.get("initContainers", [])
             found.append(Workload(where, pod, containers, serving=kind == "Deployment"))
+        elif kind == "PyTorchJob":
+            for replica, spec in obj["spec"]["pytorchReplicaSpecs"].items():
+                pod = spec["template"]["spec"]
+                containers = pod["containers"] + pod.get("initContainers", [])
+                found.append(Workload(f"{where} {replica}", pod, containers, serving=False))
         elif kind == "ClusterServingRuntime":
             found.append(Workload(where, obj["spec"], obj["spec"]["containers"], serving=True))
         elif kind == "InferenceService":

@@ -57,11 +57,19 @@ def test_publish_from_a_pytorch_script_and_serve(tmp_path: Path) -> None:
     assert [o.name for o in card.outputs] == ["logits", "probabilities"]
     assert card.inputs[0].shape == [-1, 4]  # the batch axis is dynamic
     ServedModel.load(folder)  # the service's self-check passes
+    # the explanations' baseline: the mean of the inputs it was published with
+    assert card.explain_baseline is not None and card.explain_baseline.shape == [4]
+    np.testing.assert_allclose(card.explain_baseline.data, x.mean(axis=0), rtol=1e-5)
     with running_server(tmp_path / "models", tmp_path, NNSERVE_WORKERS="1") as server:
         answer = httpx.post(
             f"{server.url}/v1/models/iris-mlp:predict", json={"instances": x[::50].tolist()}
         ).json()
+        explained = httpx.post(
+            f"{server.url}/v1/models/iris-mlp:explain", json={"instances": x[:1].tolist()}
+        ).json()
     assert [p["label"] for p in answer["predictions"]] == ["setosa", "versicolor", "virginica"]
+    assert explained["baseline"]["origin"] == "card"
+    assert len(explained["explanations"][0]["attributions"]) == 4
 
 
 def test_publish_a_regression_model(tmp_path: Path) -> None:

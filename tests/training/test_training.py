@@ -70,6 +70,9 @@ def test_quick_train_export_parity_publish(
         assert width > 200 and height > 200
     assert (folder / "run.json").is_file()
     assert f"published version 1 at {folder}" in done.stdout
+    # what explanations occlude with: per feature, the mean image, per channel
+    assert card.explain_baseline is not None
+    assert card.explain_baseline.shape == ([12] if card.kind == "lstm" else spec.shape[1:])
 
 
 @pytest.mark.slow

@@ -395,6 +395,8 @@ def test_retention_by_bytes_keeps_the_newest_within_the_bound(store: Store) -> N
     bound = full.bytes // 3
     retention = Retention(max_age_s=None, max_rows=None, max_bytes=bound, batch=10_000)
     assert retention.step(store) > 0
+    for _ in range(3):  # a step prunes what the mean row size says; pages round it, so the
+        retention.step(store)  # writer's next steps finish what one estimate left
     after = store.usage()
     assert after.bytes <= retention.high * bound, (full, after)
     assert after.bytes >= 0.5 * bound  # pruned to the low mark, not to nothing
@@ -412,6 +414,37 @@ def test_sqlite_gives_pruned_space_back_to_the_file_system(sqlite_path: Path) ->
         conn.close()
         assert sqlite_path.stat().st_size < big / 4, (big, sqlite_path.stat().st_size)
         assert store.usage().rows == 400
+
+
+def test_a_full_sqlite_log_reuses_what_pruning_frees_and_returns_only_the_rest(
+    sqlite_path: Path,
+) -> None:
+    """At its byte bound the pages a burst frees are what the next rows fill: kept (up to
+    the slack between the marks), not given back and taken again; beyond it, given back."""
+
+    def pages(conn: sqlite3.Connection) -> tuple[int, int]:
+        return (
+            conn.execute("PRAGMA page_count").fetchone()[0],
+            conn.execute("PRAGMA freelist_count").fetchone()[0],
+        )
+
+    with SQLiteStore(sqlite_path) as store, closing(sqlite3.connect(sqlite_path)) as conn:
+        store.write_predictions([prediction(f"p{i}", shape=(256,)) for i in range(2000)])
+        bound = store.usage().bytes
+        retention = Retention(max_age_s=None, max_rows=None, max_bytes=bound, batch=100_000)
+        store.write_predictions([prediction(f"q{i}", shape=(256,)) for i in range(200)])
+        assert retention.step(store) > 200  # past the high mark: down to the low one
+        total, free = pages(conn)
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        assert 0 < free * size <= retention.slack() and store.usage().bytes <= 0.86 * bound
+        store.write_predictions([prediction(f"r{i}", shape=(256,)) for i in range(150)])
+        grown, left = pages(conn)
+        assert grown == total and left < free  # the new rows went into the freed pages
+
+        small = Retention(max_age_s=None, max_rows=None, max_bytes=bound // 4, batch=100_000)
+        assert small.step(store) > 0  # a lower bound: what is freed beyond the slack goes back
+        shrunk, free = pages(conn)
+        assert shrunk < total / 2 and free * size <= small.slack()
 
 
 def test_an_old_sqlite_file_is_converted_to_incremental_vacuum(sqlite_path: Path) -> None:
@@ -559,7 +592,7 @@ class _Counted:
         self.rows -= removed
         return removed
 
-    def reclaim(self) -> None:
+    def reclaim(self, keep: int = 0) -> None:
         pass
 
 

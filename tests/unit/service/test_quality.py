@@ -15,6 +15,7 @@ from service.observability.quality import Quality
 class _Card:
     def __init__(self, name: str, version: int) -> None:
         self.name, self.version = name, version
+        self.forecast = None
 
 
 def test_live_accuracy_is_a_sliding_window_over_the_store(tmp_path: Path) -> None:

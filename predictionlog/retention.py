@@ -98,6 +98,26 @@ class Retention:
             store.reclaim(self.slack())
         return removed
 
+    def make_room(self, store: Prunable, usage: Usage, rows: int, nbytes: int) -> int:
+        """Before a commit of ``rows`` rows taking ``nbytes``: remove the oldest predictions
+        that the commit would take past the row or byte bound itself (at most eight steps'
+        worth); the rows removed. Rarely needed: :meth:`step` keeps the log below the high
+        mark between commits; this is for a bound smaller than a few commits, or a burst."""
+        if usage.rows == 0:
+            return 0
+        excess = 0
+        if self.max_rows is not None:
+            excess = usage.rows + rows - self.max_rows
+        if self.max_bytes is not None and usage.bytes + nbytes > self.max_bytes:
+            per_row = usage.bytes / usage.rows
+            excess = max(excess, math.ceil((usage.bytes + nbytes - self.max_bytes) / per_row))
+        if excess <= 0:
+            return 0
+        removed = store.prune_oldest(min(excess, 8 * self.batch))
+        if removed:
+            store.reclaim(self.slack())
+        return removed
+
     def slack(self) -> int:
         """Free bytes a store keeps for new rows after pruning: what one burst frees."""
         if self.max_bytes is None:

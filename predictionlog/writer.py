@@ -267,7 +267,7 @@ class Writer:
         # pushes its deadline by a whole slice), so yielding between chunks of a full
         # commit made it fall ever further behind and drop most rows at concurrency 64.
         behind = len(rows) >= self.batch_rows
-        self._make_room(len(rows), incoming, behind)
+        self._make_room(len(rows), incoming)
         try:
             self.store.write_rows(rows, pause=None if behind else self._pause)
         except Exception as exc:
@@ -307,27 +307,24 @@ class Writer:
         except Exception as exc:
             log.error("pruning the prediction log failed: %s", exc)
 
-    def _make_room(self, rows: int, incoming: int, behind: bool) -> None:
-        """Before a commit that would take the log past a bound: prune first, so the store
-        never holds more than its bound plus what pruning frees (its pages are reused)."""
+    def _make_room(self, rows: int, incoming: int) -> None:
+        """Before a commit that would take the log past a bound: prune first, so that the
+        store never holds more than its bound (see ``Retention.make_room``)."""
         if self.retention is None:
             return
         try:
-            for _ in range(PRUNE_STEPS):
-                if self._prune_step(rows, incoming) <= 0:
-                    break
-                if not behind:
-                    self._pause()
+            removed = self.retention.make_room(self.store, self.usage, rows, incoming)
         except Exception as exc:
             log.error("pruning the prediction log failed: %s", exc)
+            return
+        if removed > 0:
+            self.counts.add("pruned", removed)
+            self._grew(-removed, -self._bytes_of_rows(removed))
 
-    def _prune_step(self, rows: int = 0, incoming: int = 0) -> int:
-        """One retention step, judged on the store's figures plus ``rows`` / ``incoming``
-        bytes about to be committed; the rows removed."""
+    def _prune_step(self) -> int:
+        """One retention step on the store's figures; the rows removed."""
         assert self.retention is not None
-        usage = self.usage
-        ahead = Usage(usage.rows + rows, usage.bytes + incoming, usage.oldest)
-        removed = self.retention.step(self.store, ahead)
+        removed = self.retention.step(self.store, self.usage)
         if removed > 0:
             self.counts.add("pruned", removed)
             self._grew(-removed, -self._bytes_of_rows(removed))

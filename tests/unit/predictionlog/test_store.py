@@ -611,3 +611,15 @@ def test_a_full_log_is_pruned_in_bursts_down_to_the_low_mark() -> None:
         assert retention.step(store) == 0
     store.rows += 10  # past 95 %: the next burst
     assert retention.step(store) > 0
+
+
+def test_room_is_made_before_a_commit_that_would_pass_a_bound() -> None:
+    """Only what the coming commit would take past the bound itself; the marks are left to
+    the steps between commits."""
+    store = _Counted(rows=900)  # 90 % of a 100,000-byte bound: below the high mark
+    retention = Retention(max_age_s=None, max_rows=None, max_bytes=100_000, batch=30)
+    assert retention.make_room(store, store.usage(), rows=50, nbytes=5_000) == 0
+    assert retention.make_room(store, store.usage(), rows=130, nbytes=13_000) == 30
+    assert store.rows == 870 and (store.rows + 130) * 100 <= 100_000
+    by_rows = Retention(max_age_s=None, max_rows=1000, max_bytes=None)
+    assert by_rows.make_room(store, store.usage(), rows=200, nbytes=0) == 70

@@ -25,7 +25,6 @@ cost (CPU seconds on its core per call) is printed and written with the results.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import resource
 import shutil
@@ -33,7 +32,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,6 +47,7 @@ from bench.run import (
     raw_ort,
     sample_batch,
     start_server,
+    write_csv,
     wrk,
 )
 from modelrepo import scan
@@ -289,10 +289,7 @@ def goals(rows: list[Row]) -> list[str]:
 def write_results(rows: list[Row], log: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    with (RESULTS / "grpc-latest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_csv(rows, RESULTS / "grpc-latest.csv")
     lines = [
         f"# nnserve gRPC and int8 benchmark {stamp}",
         "",

@@ -28,8 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -415,15 +417,19 @@ def format_row(r: Row) -> str:
     )
 
 
+def write_csv(rows: Sequence[Any], *paths: Path) -> None:
+    """Dataclass rows, one CSV file each path (bench.grpc writes its rows with it too)."""
+    for path in paths:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+
+
 def write_results(rows: list[Row], stored: dict[str, float]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    fields = list(asdict(rows[0]))
-    for path in (RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv"):
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+    write_csv(rows, RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv")
     lines = [
         f"# nnserve benchmark {stamp}",
         "",

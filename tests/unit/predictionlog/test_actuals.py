@@ -4,14 +4,10 @@ live error and for retraining, and pruned with their prediction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from predictionlog import FeedbackConflict, Prediction, Store, UnknownPrediction, open_store
-from tests.support.postgres import PostgresServer, require_psycopg, running_postgres
+from predictionlog import FeedbackConflict, Prediction, Store, UnknownPrediction
 
 T0 = 1_700_000_000.0
 
@@ -19,24 +15,6 @@ T0 = 1_700_000_000.0
 def forecast(id: str, version: int = 1, time: float = T0) -> Prediction:
     window = np.arange(104, dtype=np.float32) + 300
     return Prediction(id, time, "co2", version, window, np.arange(13, dtype=np.float32), None)
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    require_psycopg()
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite://{tmp_path / 'predictions.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").new_database()
-    opened = open_store(url)
-    yield opened
-    opened.close()
 
 
 def test_actuals_come_in_pieces_and_are_read_back_by_step(store: Store) -> None:

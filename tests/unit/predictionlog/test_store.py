@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from predictionlog import (
 )
 from predictionlog.retention import Usage
 from tests.support.paths import ROOT
-from tests.support.postgres import PostgresServer, require_psycopg, running_postgres
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,29 +62,6 @@ def ids(rows: Sequence[Prediction]) -> list[str]:
 
 
 # -- fixtures ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    require_psycopg()
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL for an empty store, once per backend."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'log' / 'predictions.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database()
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    opened = open_store(store_url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

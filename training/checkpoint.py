@@ -3,11 +3,15 @@
 After every epoch rank 0 writes ``checkpoint.pt`` (through a temporary file renamed over the
 old one): the weights, the optimizer and the scheduler, the best weights so far with their
 epoch and the early-stopping count, the history, the next epoch (the DistributedSampler's
-epoch), the elapsed time, the run's settings and every process's random state (torch,
-numpy, python, the augmentation generator), gathered from all ranks. When torchrun restarts
-the workers (``--max-restarts``) or the command is run again, rank 0 reads the checkpoint and
-hands every process its part, so the run goes on from the last finished epoch. A published
-run leaves ``published.json``: a restart after the publish publishes nothing twice.
+epoch), the elapsed time, the run's settings and every process's random state (torch's and
+the augmentation generator's per share of a step, numpy's, python's), gathered from all
+ranks. When torchrun restarts the workers (``--max-restarts``) or the command is run again,
+rank 0 reads the checkpoint and hands every process its part, so the run goes on from the
+last finished epoch. A published run leaves ``published.json``: a restart after the publish
+publishes nothing twice. The run's id (``run-id``, made at its first start) goes into the
+``run.json`` of the version it publishes, so that a crash between publishing and writing
+``published.json`` is no hole either: the restarted run finds its version in the repository
+and reports it.
 
 Only rank 0 reads or writes the folder, so it must be where rank 0 runs: on several
 machines, a shared volume (rank 0 may land on another machine after a restart). The file is
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,27 +36,34 @@ from training.errors import TrainingError
 
 CHECKPOINT = "checkpoint.pt"
 PUBLISHED = "published.json"
-FORMAT = 1
+RUN_ID = "run-id"
+FORMAT = 2  # 2: a random state per share of a step
 
 State = dict[str, Any]
 
 
-def random_state(generator: torch.Generator, rng: np.random.Generator) -> State:
-    """This process's random streams: torch's global one (dropout), the augmentation
-    generator, the shuffling ``rng`` and python's."""
+def random_state(
+    dropout: list[torch.Tensor], generators: list[torch.Generator], rng: np.random.Generator
+) -> State:
+    """This process's random streams: per share of a step (``--micro-batches``) torch's
+    global one (dropout) and the augmentation generator; the shuffling ``rng`` and python's."""
     return {
-        "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
+        "torch": list(dropout),
+        "generator": [generator.get_state() for generator in generators],
         "numpy": rng.bit_generator.state,
         "python": random.getstate(),
     }
 
 
-def set_random_state(state: State, generator: torch.Generator, rng: np.random.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+def set_random_state(
+    state: State, generators: list[torch.Generator], rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """Restores the streams; returns the shares' torch states (the loop sets each in turn)."""
+    for generator, saved in zip(generators, state["generator"], strict=True):
+        generator.set_state(saved)
     rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
+    return list(state["torch"])
 
 
 class RunFolder:
@@ -60,11 +72,29 @@ class RunFolder:
     def __init__(self, path: Path, group: Group, settings: dict[str, Any]) -> None:
         self.path, self.group, self.settings = path, group, settings
 
-    def published(self) -> int | None:
-        """The version this run already published (rank 0 looks, every process hears)."""
+    def run_id(self) -> str:
+        """This run's id: made at its first start and kept in the folder, so that a restart
+        is the same run (rank 0 reads or writes it, every process hears)."""
+        found = None
+        if self.group.main:
+            path = self.path / RUN_ID
+            if not path.is_file():
+                _write_atomically(path, lambda f: f.write(uuid.uuid4().hex.encode()))
+            found = path.read_text().strip()
+        run_id: str = self.group.share(found)
+        return run_id
+
+    def published(self, repository: Path, name: str) -> int | None:
+        """The version this run already published (rank 0 looks, every process hears): the
+        one ``published.json`` names, or else a version of ``name`` whose ``run.json``
+        carries this run's id (published just before a crash), then recorded."""
         version = None
         if self.group.main and (self.path / PUBLISHED).is_file():
             version = int(json.loads((self.path / PUBLISHED).read_text())["version"])
+        elif self.group.main and (self.path / RUN_ID).is_file():
+            version = _version_of_run(repository / name, (self.path / RUN_ID).read_text().strip())
+            if version is not None:
+                self.mark_published(version, repository)
         found: int | None = self.group.share(version)
         return found
 
@@ -109,6 +139,34 @@ class RunFolder:
                 "use another --checkpoint-dir"
             )
         return state
+
+
+def open_run(
+    checkpoints: Path | None, name: str, group: Group, config: dict[str, Any], repository: Path
+) -> tuple[RunFolder | None, int | None]:
+    """``(the run folder checkpoints/name, or None without checkpoints; the version this run
+    already published, or None)``; says so on rank 0 when it has published."""
+    if checkpoints is None:
+        return None, None
+    folder = RunFolder(checkpoints / name, group, {"config": config, "processes": group.world_size})
+    done = folder.published(repository, name)
+    if done is not None and group.main:
+        print(f"{name}: this run already published version {done} (run folder "
+              f"{folder.path}); nothing to do", flush=True)  # fmt: skip
+    return folder, done
+
+
+def _version_of_run(model_root: Path, run_id: str) -> int | None:
+    """The version under ``model_root`` whose ``run.json`` carries ``run_id``, if any."""
+    versions = sorted(int(p.name) for p in model_root.glob("[0-9]*") if p.name.isdigit())
+    for version in versions:
+        try:
+            run = json.loads((model_root / str(version) / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, dict) and run.get("run_id") == run_id:
+            return version
+    return None
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:

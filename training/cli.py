@@ -59,6 +59,18 @@ def _options() -> argparse.ArgumentParser:
     return common
 
 
+def _with_checkpoint_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the option of the commands that train under torchrun."""
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="run folder: a checkpoint every epoch into DIR/<model>/, resumed from when the "
+        "command runs again (torchrun --max-restarts restarts it); shared by every machine "
+        "of a torchrun run (default: no checkpoints)",
+    )
+    return parser
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """The arguments; ``--recipe-file`` recipes are loaded first, so that they are choices."""
     files = argparse.ArgumentParser(add_help=False)
@@ -68,7 +80,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if argv[:1] == ["forecast"]:
         from training.forecast import parse_args as parse_forecast
 
-        return parse_forecast(argv[1:], _options())
+        return parse_forecast(argv[1:], _with_checkpoint_dir(_options()))
     if argv[:1] == ["quantize"]:
         from training.quantize import parse_args
 
@@ -125,14 +137,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "`python -m training forecast -h` for the CO2 forecasters.)",
     )
     parser.add_argument("model", choices=[*RECIPES, "all"], help="which model to train")
-    parser.add_argument(
-        "--checkpoint-dir",
-        type=Path,
-        help="run folder: a checkpoint every epoch into DIR/<model>/, resumed from when the "
-        "command runs again (torchrun --max-restarts restarts it); shared by every machine "
-        "of a torchrun run (default: no checkpoints)",
-    )
-    args = parser.parse_args(argv)
+    args = _with_checkpoint_dir(parser).parse_args(argv)
     args.command = "train"
     return args
 
@@ -180,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "forecast":
             from training.forecast import command as forecast
 
-            forecast(args, _given(args))
+            given = _given(args)
+            with distributed.launched() as group:
+                forecast(args, given, group)
             return 0
         if args.command == "quantize":
+            if group.distributed:  # it trains nothing: every process would publish a copy
+                raise ConfigError("quantize trains nothing and runs in one process: start it "
+                                  "without torchrun")  # fmt: skip
             from training.quantize import command
 
             command(args)

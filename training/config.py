@@ -23,6 +23,12 @@ def _setting(default: T, help: str) -> T:
 class TrainConfig:
     epochs: int = _setting(60, "maximum epochs; early stopping usually ends sooner")
     batch_size: int = _setting(32, "samples per optimizer step")
+    micro_batches: int = _setting(
+        1,
+        "split each step's batch into this many shares, batch norm, dropout and augmentation "
+        "on their own, gradients accumulated: one process computes what that many torchrun "
+        "processes would",
+    )
     lr: float = _setting(1e-3, "learning rate")
     weight_decay: float = _setting(
         1e-4, "L2 penalty (AdamW-style decoupled for adam, classic for sgd)"
@@ -50,6 +56,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.micro_batches >= 1, f"micro-batches must be >= 1, got {self.micro_batches}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),

@@ -14,6 +14,11 @@ module turns that into a :class:`Group`, the one object the loop and the pipelin
   samples per step from a :class:`torch.utils.data.DistributedSampler` shuffled with the
   seed and the epoch, and DistributedDataParallel averages the gradients, so one step sees
   the same number of samples at the same learning rate as a single process does.
+- ``--micro-batches M`` splits each process's part of a step into M shares, each taken
+  from a sampler of its own as if it were one more process, its gradients accumulated: one
+  process with ``--micro-batches 2`` computes what two torchrun processes do (the same
+  samples per share, batch norm over each share, the shares' own dropout and augmentation
+  streams), up to the order of float additions.
 - Rank 0 alone reads and writes the run folder (``training/checkpoint.py``), exports,
   checks parity, evaluates and publishes; the others never touch the repository.
 """
@@ -21,11 +26,11 @@ module turns that into a :class:`Group`, the one object the loop and the pipelin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -35,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from training.batches import minibatches
-from training.errors import ConfigError
+from training.errors import ConfigError, TrainingError
 
 #: How long a collective waits for the other processes (rank 0 exports and evaluates while
 #: the others wait for its verdict). A process that dies is noticed at once, not after this;
@@ -68,14 +73,16 @@ class Group:
             torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
         )
 
-    def local_batch(self, batch_size: int) -> int:
-        """Samples per process per step: the global batch split evenly."""
-        if batch_size % self.world_size:
+    def local_batch(self, batch_size: int, micro_batches: int = 1) -> int:
+        """Samples per share per step: the global batch split evenly over the processes and
+        each process's ``micro_batches``."""
+        if batch_size % (self.world_size * micro_batches):
+            split = f" x {micro_batches} micro-batches" if micro_batches > 1 else ""
             raise ConfigError(
                 f"batch size {batch_size} (the global batch) is not divisible by the "
-                f"{self.world_size} processes"
+                f"{self.world_size} processes{split}"
             )
-        return batch_size // self.world_size
+        return batch_size // (self.world_size * micro_batches)
 
     def describe(self, batch_size: int, lr: float) -> dict[str, Any]:
         """For ``run.json``: how the run was spread, with the global batch and its lr."""
@@ -145,38 +152,101 @@ class Group:
         return np.array_split(np.arange(n), self.world_size)[self.rank]
 
 
+def shares(group: Group, micro_batches: int) -> range:
+    """The shares of every step this process computes, numbered over the whole run: process
+    ``r`` has ``r * M ... r * M + M - 1`` of ``world_size * M``."""
+    return range(group.rank * micro_batches, (group.rank + 1) * micro_batches)
+
+
 class EpochOrder:
-    """The mini-batches of one epoch, as index arrays into the training split. A single
-    process shuffles with ``rng`` as it always has; in a group each process takes its share
-    from a DistributedSampler shuffled with ``seed + epoch`` (padded so that every process
-    runs the same number of steps), in batches of ``batch_size / world_size``."""
+    """The steps of one epoch, each a list of index arrays into the training split, one per
+    share of this process (:func:`shares`). A single process in one share shuffles with
+    ``rng`` as it always has; otherwise each share is taken from a DistributedSampler over all
+    the shares, shuffled with ``seed + epoch`` (padded so that every share runs the same number
+    of steps), in batches of ``batch_size / (world_size * micro_batches)``."""
 
     def __init__(
-        self, n: int, batch_size: int, seed: int, group: Group, rng: np.random.Generator
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        group: Group,
+        rng: np.random.Generator,
+        micro_batches: int = 1,
     ) -> None:
         self.n, self.rng = n, rng
-        self.batch = group.local_batch(batch_size)
-        self.sampler: DistributedSampler[int] | None = (
+        self.batch = group.local_batch(batch_size, micro_batches)
+        total = group.world_size * micro_batches
+        self.samplers: list[DistributedSampler[int]] = [
             DistributedSampler(
                 cast("Dataset[int]", range(n)),
-                num_replicas=group.world_size,
-                rank=group.rank,
+                num_replicas=total,
+                rank=share,
                 shuffle=True,
                 seed=seed,
             )
-            if group.distributed
-            else None
-        )
+            for share in (shares(group, micro_batches) if total > 1 else ())
+        ]
 
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        if self.sampler is None:
-            return list(minibatches(self.n, self.batch, self.rng))
-        self.sampler.set_epoch(epoch)
-        order = np.fromiter(iter(self.sampler), dtype=np.int64)
-        return [order[start : start + self.batch] for start in range(0, len(order), self.batch)]
+    def steps(self, epoch: int) -> list[list[np.ndarray]]:
+        if not self.samplers:
+            return [[index] for index in minibatches(self.n, self.batch, self.rng)]
+        parts = []
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+            parts.append([order[i : i + self.batch] for i in range(0, len(order), self.batch)])
+        return [list(step) for step in zip(*parts, strict=True)]
 
 
 SINGLE = Group()
+
+Made = TypeVar("Made")
+Published = TypeVar("Published")
+
+
+def publish_from_rank_zero(
+    group: Group,
+    name: str,
+    make: Callable[[], Made],
+    publish: Callable[[Made], Published],
+    discard: Callable[[Made], None],
+) -> Published | None:
+    """After training, in every process: rank 0 makes the candidate (export, parity check,
+    evaluation); if every process is still there (the commit point) it publishes it and
+    tells the others, or why it could not, and every process fails with the reason. Rank 0
+    returns what ``publish`` returned, the others None."""
+    candidate: Made | None = None
+    failure: BaseException | None = None
+    if group.main:
+        try:
+            candidate = make()
+        except BaseException as exc:
+            failure = exc
+    try:
+        ready = group.all(failure is None)  # every process is there: the commit point
+    except BaseException:
+        if candidate is not None:
+            discard(candidate)
+        raise
+    if not ready:
+        message = group.share(None if failure is None else f"{failure}")
+        if failure is not None:
+            raise failure
+        raise TrainingError(f"rank 0 could not export {name} ({message}): nothing published")
+    if not group.main:
+        outcome = group.share(None)
+        if isinstance(outcome, str):
+            raise TrainingError(f"rank 0 could not publish {name} ({outcome})")
+        return None
+    assert candidate is not None
+    try:
+        result = publish(candidate)
+    except BaseException as exc:
+        group.share(f"{exc}")
+        raise
+    group.share(None)
+    return result
 
 
 def from_environment(environ: dict[str, str] | None = None) -> Group:

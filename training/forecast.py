@@ -14,14 +14,13 @@ are reported per horizon step and over all steps."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +29,6 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from modelrepo import (
     DatasetInfo,
@@ -42,9 +40,11 @@ from modelrepo import (
     publish,
 )
 from training import evaluate, export, plots, series
+from training.checkpoint import RunFolder, open_run
 from training.config import TrainConfig
+from training.distributed import SINGLE, Group, publish_from_rank_zero
 from training.errors import ConfigError
-from training.loop import History, make_optimizer
+from training.loop import History, Objective, train
 from training.nets import Forecaster, Normalize
 from training.publish import explain_baseline, stage
 
@@ -140,64 +140,38 @@ def predict(net: nn.Module, x: np.ndarray) -> np.ndarray:
     return np.asarray(net(torch.from_numpy(x)).numpy())
 
 
-def _scaled_mse(net: Forecaster, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared error in units of each step's training spread (every step counts)."""
-    loss: torch.Tensor = (((net(x) - y) / net.denormalize.std) ** 2).mean()
-    return loss
+def scaled_mse(net: Forecaster) -> Objective:
+    """Mean squared error in units of each step's training spread (every step counts), the
+    gradients' norm clipped to 1."""
+
+    def loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        error: torch.Tensor = (((predicted - target) / net.denormalize.std) ** 2).mean()
+        return error
+
+    return Objective(loss, clip_norm=1.0)
 
 
-def fit(net: Forecaster, w: Windows, config: TrainConfig) -> History:
+def fit(
+    net: Forecaster,
+    w: Windows,
+    config: TrainConfig,
+    group: Group = SINGLE,
+    folder: RunFolder | None = None,
+) -> History:
     """Mini-batch training with the best validation epoch's weights restored, early stopping
-    after ``patience`` epochs without improvement, the learning rate halved on a plateau."""
-    optimizer = make_optimizer(net, config)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=0.5, patience=max(1, config.patience // 3)
+    after ``patience`` epochs without improvement, the learning rate halved on a plateau:
+    the classifiers' loop (``training/loop.py``), in every process of a torchrun group."""
+    return train(
+        net,
+        w.x_train,
+        w.y_train,
+        w.x_val,
+        w.y_val,
+        config,
+        group=group,
+        folder=folder,
+        objective=scaled_mse(net),
     )
-    rng = np.random.default_rng(config.seed)
-    x_train, y_train = torch.from_numpy(w.x_train), torch.from_numpy(w.y_train)
-    x_val, y_val = torch.from_numpy(w.x_val), torch.from_numpy(w.y_val)
-    history, best, best_state, stale = History(), float("inf"), copy.deepcopy(net.state_dict()), 0
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        net.train()
-        order = rng.permutation(len(x_train))
-        total = 0.0
-        batches = range(0, len(order), config.batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
-            index = torch.from_numpy(order[start : start + config.batch_size])
-            optimizer.zero_grad(set_to_none=True)
-            loss = _scaled_mse(net, x_train[index], y_train[index])
-            torch.autograd.backward(loss)
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            total += loss.item() * len(index)
-        net.eval()
-        with torch.no_grad():
-            val_loss = _scaled_mse(net, x_val, y_val).item()
-        scheduler.step(val_loss)
-        history.train_loss.append(total / len(order))
-        history.val_loss.append(val_loss)
-        improved = val_loss < best - 1e-6
-        if improved:
-            best, best_state, stale, history.best_epoch = (
-                val_loss,
-                copy.deepcopy(net.state_dict()),
-                0,
-                epoch,
-            )
-        else:
-            stale += 1
-        tqdm.write(
-            f"epoch {epoch:3d}  train loss {history.train_loss[-1]:.4f}  val loss {val_loss:.4f}"
-            f"  {time.perf_counter() - started:6.1f}s{'  *' if improved else ''}"
-        )
-        if stale >= config.patience:
-            tqdm.write(f"early stop: restoring epoch {history.best_epoch}")
-            break
-    net.load_state_dict(best_state)
-    net.eval()
-    history.wall_time_s = time.perf_counter() - started
-    return history
 
 
 def test_errors(
@@ -220,6 +194,19 @@ def test_errors(
     return [series.errors(m, what[m], f, w.y_test, scale) for m, f in forecasts.items()], forecasts
 
 
+@dataclass
+class Trained:
+    """A trained forecaster (in every process of a torchrun group), not yet exported."""
+
+    data: series.Series
+    windows: Windows
+    net: Forecaster
+    history: History
+    feedback: int  # extra training windows
+    group: Group
+    run_id: str | None = None  # the run folder's: recorded in run.json
+
+
 def run(
     recipe: ForecastRecipe,
     config: TrainConfig,
@@ -228,7 +215,21 @@ def run(
     """Train (on ``extra`` windows too, e.g. from feedback), export with the parity check,
     evaluate the exported graph and stage it; returns the card (as version 1), the staging
     folder and the history (:func:`publish_staged` publishes it)."""
+    trained = train_forecaster(recipe, config, extra)
+    return (*package(recipe, config, trained), trained.history)
+
+
+def train_forecaster(
+    recipe: ForecastRecipe,
+    config: TrainConfig,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
+    group: Group = SINGLE,
+    folder: RunFolder | None = None,
+) -> Trained:
+    """Seed, make the windows and train (checkpointed into ``folder`` and resumed from it):
+    the part every process of a torchrun group runs."""
     config.validate()
+    group.local_batch(config.batch_size, config.micro_batches)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -241,7 +242,20 @@ def run(
         flush=True,
     )
     net = build(recipe, w.x_train, w.y_train, config)
-    history = fit(net, w, config)
+    run_id = None if folder is None else folder.run_id()
+    history = fit(net, w, config, group, folder)
+    feedback = 0 if extra is None else len(extra[0])
+    return Trained(data, w, net, history, feedback, group, run_id)
+
+
+def package(
+    recipe: ForecastRecipe, config: TrainConfig, trained: Trained
+) -> tuple[ModelCard, Path]:
+    """Export with the parity check, evaluate the exported graph and stage it (rank 0's
+    part); returns the card (as version 1) and the staging folder."""
+    data, w, net, history, group = (
+        trained.data, trained.windows, trained.net, trained.history, trained.group
+    )  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix=f"nnserve-{recipe.name}-"))
     try:
         spec = TensorSpec(
@@ -261,12 +275,18 @@ def run(
             data.values, w.test_origins, forecasts, recipe.name, staging / "forecast.png"
         )
         plots.errors_by_step(errors, data.units, recipe.name, staging / "error_by_step.png")
-        run_record = {"config": config.as_dict(), "history": history.__dict__}
+        run_record = {
+            "config": config.as_dict(),
+            "distributed": group.describe(config.batch_size, config.lr),
+            "history": history.__dict__,
+            "run_id": trained.run_id,
+        }
         (staging / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     names = [f"t-{recipe.window - i}" for i in range(recipe.window)]
+    spread = f" x {group.world_size} processes ({group.backend})" if group.distributed else ""
     card = ModelCard(
         name=recipe.name,
         version=1,
@@ -292,7 +312,7 @@ def run(
             hyperparameters={
                 **config.as_dict(),
                 "architecture": repr(net).replace("\n", ""),
-                "feedback_examples": 0 if extra is None else len(extra[0]),
+                "feedback_examples": trained.feedback,
             },
             seed=config.seed,
             epochs_run=history.epochs_run,
@@ -303,7 +323,7 @@ def run(
             onnxruntime_version=ort.__version__,
             opset=export.OPSET,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            trained_on=f"{platform.machine()} {torch.get_num_threads()} threads",
+            trained_on=f"{platform.machine()} {torch.get_num_threads()} threads{spread}",
         ),
         onnx_sha256=staged.sha256,
         parity=staged.parity,
@@ -323,7 +343,7 @@ def run(
             errors=errors,
         ),
     )
-    return card, staging, history
+    return card, staging
 
 
 def publish_staged(card: ModelCard, staging: Path, repository: Path) -> tuple[int, Path]:
@@ -364,12 +384,31 @@ def parse_args(argv: list[str], common: argparse.ArgumentParser) -> argparse.Nam
     return args
 
 
-def command(args: argparse.Namespace, given: dict[str, object]) -> None:
+def command(args: argparse.Namespace, given: dict[str, object], group: Group = SINGLE) -> None:
+    """Train and publish each forecaster asked for; in a torchrun group every process trains
+    and rank 0 alone exports, evaluates and publishes, as for the classifiers, with a run
+    folder under ``--checkpoint-dir`` to resume from."""
     names = list(FORECASTERS) if args.model == "all" else [args.model]
     for name in names:
         recipe = FORECASTERS[name]
         if given.get("cell") not in (None, recipe.cell):
             raise ConfigError(f"{name} is a {recipe.cell.upper()}: --cell does not apply")
         config = recipe.defaults.replace(**given).validate()
-        card, staging, _ = run(recipe, config)
-        publish_staged(card, staging, args.repository)
+        folder, done = open_run(args.checkpoint_dir, name, group, config.as_dict(), args.repository)
+        if done is not None:
+            continue
+        trained = train_forecaster(recipe, config, group=group, folder=folder)
+        publish_from_rank_zero(
+            group,
+            name,
+            partial(package, recipe, config, trained),
+            partial(_publish, repository=args.repository, folder=folder),
+            lambda staged: shutil.rmtree(staged[1], ignore_errors=True),
+        )
+
+
+def _publish(staged: tuple[ModelCard, Path], repository: Path, folder: RunFolder | None) -> int:
+    version = publish_staged(*staged, repository)[0]
+    if folder is not None:
+        folder.mark_published(version, repository)
+    return version

@@ -27,12 +27,11 @@ from modelrepo import (
     publish,
     read_card,
 )
-from training import data, evaluate, export, plots
+from training import data, distributed, evaluate, export, plots
 from training.batches import collate
-from training.checkpoint import RunFolder
+from training.checkpoint import RunFolder, open_run
 from training.config import TrainConfig
 from training.distributed import SINGLE, Group
-from training.errors import TrainingError
 from training.loop import History, train
 from training.publish import Staged, explain_baseline, stage
 from training.recipes import Recipe, Samples
@@ -109,6 +108,7 @@ class Trained:
     history: History
     started: float  # time.perf_counter() when training began
     group: Group
+    run_id: str | None = None  # the run folder's: recorded in run.json
 
 
 def build_candidate(
@@ -134,9 +134,10 @@ def train_model(
     config.validate()
     seed_everything(config.seed, config.threads)
     splits = split_data(recipe, config, dataset, extra)
+    run_id = None if folder is None else folder.run_id()
     started = time.perf_counter()
     net, history = fit(recipe, config, splits, len(dataset.labels), group, folder)
-    return Trained(splits, net, history, started, group)
+    return Trained(splits, net, history, started, group, run_id)
 
 
 def package(
@@ -149,7 +150,14 @@ def package(
         exported = export_checked(recipe, net, splits, dataset, staging)
         metrics = evaluate_exported(exported, dataset)
         stage_artifacts(
-            staging, recipe.name, config, history, metrics, dataset.labels, trained.group
+            staging,
+            recipe.name,
+            config,
+            history,
+            metrics,
+            dataset.labels,
+            trained.group,
+            trained.run_id,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -247,15 +255,18 @@ def stage_artifacts(
     metrics: TestMetrics,
     labels: list[str],
     group: Group = SINGLE,
+    run_id: str | None = None,
 ) -> None:
     """Next to ``model.onnx``: the learning curves, the confusion matrix and ``run.json``
-    (config, how the run was spread: processes, global batch and its lr; per-epoch history)."""
+    (config, how the run was spread: processes, global batch and its lr; per-epoch history;
+    the run folder's id, by which a restarted run knows its version)."""
     plots.learning_curves(history, name, staging / "learning_curve.png")
     plots.confusion(metrics.confusion_matrix, labels, name, staging / "confusion_matrix.png")
     run = {
         "config": config.as_dict(),
         "distributed": group.describe(config.batch_size, config.lr),
         "history": history.__dict__,
+        "run_id": run_id,
     }
     (staging / "run.json").write_text(json.dumps(run, indent=1) + "\n")
 
@@ -372,17 +383,10 @@ def run(
     ``checkpoints/<model>`` (``training/checkpoint.py``): it resumes from the last epoch
     there, and once it has published, running it again publishes nothing."""
     config.validate()
-    group.local_batch(config.batch_size)  # a global batch the processes cannot share: now
-    folder = None
-    if checkpoints is not None:
-        settings = {"config": config.as_dict(), "processes": group.world_size}
-        folder = RunFolder(checkpoints / recipe.name, group, settings)
-        done = folder.published()
-        if done is not None:
-            if group.main:
-                print(f"{recipe.name}: this run already published version {done} "
-                      f"(run folder {folder.path}); nothing to do", flush=True)  # fmt: skip
-            return None
+    group.local_batch(config.batch_size, config.micro_batches)  # fails now, not after loading
+    folder, done = open_run(checkpoints, recipe.name, group, config.as_dict(), repository)
+    if done is not None:
+        return None
     dataset = load_dataset(recipe, config)
     trained = train_model(recipe, config, dataset, group=group, folder=folder)
     return publish_from_rank_zero(recipe, config, dataset, trained, repository, folder)
@@ -396,41 +400,22 @@ def publish_from_rank_zero(
     repository: Path,
     folder: RunFolder | None,
 ) -> Result | None:
-    """Rank 0 packages the trained network; if every process is still there (the commit
-    point) it publishes and tells the others the version, or why it could not."""
-    group = trained.group
-    candidate, failure = None, None
-    if group.main:
-        try:
-            candidate = package(recipe, config, dataset, trained)
-        except BaseException as exc:
-            failure = exc
-    try:
-        ready = group.all(failure is None)  # every process is there: the commit point
-    except BaseException:
-        if candidate is not None:
-            candidate.discard()
-        raise
-    if not ready:
-        message = group.share(None if failure is None else f"{failure}")
-        if failure is not None:
-            raise failure
-        raise TrainingError(f"rank 0 could not export {recipe.name} ({message}): nothing published")
-    if not group.main:
-        outcome = group.share(None)
-        if isinstance(outcome, str):
-            raise TrainingError(f"rank 0 could not publish {recipe.name} ({outcome})")
-        return None
-    assert candidate is not None
-    try:
+    """Rank 0 packages the trained network and, at the commit point, publishes it and
+    records it in the run folder (``distributed.publish_from_rank_zero``)."""
+
+    def publish(candidate: Candidate) -> Result:
         result = publish_candidate(candidate, repository)
-    except BaseException as exc:
-        group.share(f"{exc}")
-        raise
-    if folder is not None:
-        folder.mark_published(result.version, repository)
-    group.share(result.version)
-    return result
+        if folder is not None:
+            folder.mark_published(result.version, repository)
+        return result
+
+    return distributed.publish_from_rank_zero(
+        trained.group,
+        recipe.name,
+        lambda: package(recipe, config, dataset, trained),
+        publish,
+        Candidate.discard,
+    )
 
 
 def _reference_groups(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray | list[np.ndarray]]:

@@ -25,7 +25,8 @@ from modelrepo import read_card, scan
 from service.runtime.model import ServedModel
 from tests.support.netns import TORCHRUN, Host, torchrun_node, two_hosts
 from tests.support.paths import MODELS, ROOT
-from training.checkpoint import CHECKPOINT, RunFolder, State
+from training.checkpoint import CHECKPOINT, PUBLISHED, RUN_ID, RunFolder, State
+from training.cli import main
 from training.distributed import SINGLE, EpochOrder, Group, from_environment
 from training.errors import ConfigError, TrainingError
 from training.pipeline import fit, load_dataset, split_data
@@ -123,19 +124,26 @@ def wait_for(path: Path, nodes: list[Node]) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def reference_accuracy(tmp_path_factory: pytest.TempPathFactory) -> float:
-    """breast-cancer-ann in one process, same global batch and seed."""
-    repository = tmp_path_factory.mktemp("reference")
+def alone(argv: list[str], repository: Path) -> Path:
+    """``python -m training argv`` in one process: the folder of the version published."""
+    repository.mkdir(exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "training", *ANN, "--repository", str(repository)],
+        [sys.executable, "-m", "training", *argv, "--repository", str(repository)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return read_card(repository / "breast-cancer-ann" / "1").metrics.accuracy
+    (name,) = scan(repository)
+    return repository / name / "1"
+
+
+@pytest.fixture(scope="module")
+def reference_accuracy(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """breast-cancer-ann in one process, same global batch and seed."""
+    folder = alone(ANN, tmp_path_factory.mktemp("reference"))
+    return read_card(folder).metrics.accuracy
 
 
 # -- two hosts -------------------------------------------------------------------------------
@@ -178,11 +186,18 @@ def test_two_hosts_publish_from_rank_zero_as_good_as_one_process(
     assert len(published) == 1
 
 
-def test_two_hosts_train_the_cnn(tmp_path: Path, fashion_mnist: None) -> None:
+def test_two_hosts_train_the_cnn_as_one_process_does(tmp_path: Path, fashion_mnist: None) -> None:
+    """The single-process reference with the same global batch and seed computes each step
+    as the two hosts do (``--micro-batches 2``: each half of the batch from the sampler share
+    of a rank, batch norm over it, its own dropout and flip streams): a quick run is far from
+    converged (one process without micro-batches: 56-69 % over seeds 0-3), so only the same
+    computation, up to the order of float additions, can be held to 1 point."""
+    cnn = ["fashion-cnn", "--quick", "--threads", "1"]
+    reference = alone([*cnn, "--micro-batches", "2"], tmp_path / "reference")
     repository = tmp_path / "models"
     repository.mkdir()
     with two_hosts() as (a, b):
-        argv = ["fashion-cnn", "--quick", "--threads", "1", "--repository", str(repository)]
+        argv = [*cnn, "--repository", str(repository)]
         nodes = on_two_hosts(a, b, lambda _: argv, tmp_path / "logs")
         finish(nodes)
     for node in nodes:
@@ -191,7 +206,10 @@ def test_two_hosts_train_the_cnn(tmp_path: Path, fashion_mnist: None) -> None:
     folder = repository / "fashion-cnn" / "1"
     model = ServedModel.load(folder)
     assert model.card.provenance.epochs_run == 2
-    spread = json.loads((folder / "run.json").read_text())["distributed"]
+    assert abs(model.card.metrics.accuracy - read_card(reference).metrics.accuracy) <= 0.01
+    run, alone_run = (json.loads((f / "run.json").read_text()) for f in (folder, reference))
+    assert run["history"]["val_loss"] == pytest.approx(alone_run["history"]["val_loss"], rel=1e-5)
+    spread = run["distributed"]
     assert (spread["global_batch_size"], spread["batch_size_per_process"]) == (128, 64)
 
 
@@ -251,6 +269,52 @@ def test_a_failure_on_rank_zero_fails_every_rank_with_its_message(tmp_path: Path
     assert "training FAILED" in done.stderr
 
 
+def test_a_forecaster_trains_under_torchrun_as_one_process_does(tmp_path: Path) -> None:
+    """co2-lstm on two processes: rank 0 alone publishes one version, the service loads it,
+    and it is what one process computing the same two shares of each step publishes."""
+    quick = ["forecast", "co2-lstm", "--quick", "--threads", "1"]
+    reference = alone([*quick, "--micro-batches", "2"], tmp_path / "reference")
+    repository, runs = tmp_path / "models", tmp_path / "runs"
+    repository.mkdir()
+    done = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "training", *quick,
+         "--repository", str(repository), "--checkpoint-dir", str(runs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert scan(repository) == {"co2-lstm": [1]}
+    assert json.loads((runs / "co2-lstm" / PUBLISHED).read_text())["version"] == 1
+    assert (runs / "co2-lstm" / CHECKPOINT).is_file()
+    assert done.stdout.count("co2-lstm: published version 1") == 1
+    folder = repository / "co2-lstm" / "1"
+    card = ServedModel.load(folder).card  # the service's load-time self-check
+    assert "x 2 processes (gloo)" in card.provenance.trained_on
+    run, alone_run = (json.loads((f / "run.json").read_text()) for f in (folder, reference))
+    assert run["distributed"]["batch_size_per_process"] == 16
+    assert run["history"]["val_loss"] == pytest.approx(alone_run["history"]["val_loss"], rel=1e-5)
+    assert card.forecast is not None
+    expected = read_card(reference).forecast
+    assert expected is not None
+    assert card.forecast.model_errors().mase == pytest.approx(
+        expected.model_errors().mase, rel=1e-3
+    )
+
+
+def test_quantize_refuses_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It trains nothing: every process would quantize and publish the same variant."""
+    repository = seeded_repository(tmp_path / "models")
+    before = snapshot(repository)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["quantize", "breast-cancer-ann", "--repository", str(repository)]) == 2
+    assert "error: rank 1: quantize trains nothing and runs in one process" in (
+        capsys.readouterr().err
+    )
+    assert snapshot(repository) == before
+
+
 # -- in one process --------------------------------------------------------------------------
 def test_without_torchrun_the_group_is_a_single_process() -> None:
     assert from_environment({}) is SINGLE
@@ -269,12 +333,16 @@ def test_the_shares_of_an_epoch_cover_it_in_equal_steps_and_reshuffle() -> None:
     groups = [Group(rank, world) for rank in range(world)]
     orders = [EpochOrder(n, 32, 0, g, np.random.default_rng(0)) for g in groups]
     for epoch in (1, 2):
-        shares = [order.batches(epoch) for order in orders]
+        shares = [[b for (b,) in order.steps(epoch)] for order in orders]
         assert {len(s) for s in shares} == {4}  # every process runs the same number of steps
         assert all(len(b) <= 8 for s in shares for b in s)  # 32 / 4 per process per step
         seen = np.concatenate([b for s in shares for b in s])
         assert set(seen.tolist()) == set(range(n)) and len(seen) == 104  # padded by one
-    assert not np.array_equal(orders[0].batches(1)[0], orders[0].batches(2)[0])
+        # one process in 4 micro-batches: the same shares of the same steps
+        alone = EpochOrder(n, 32, 0, SINGLE, np.random.default_rng(0), micro_batches=4)
+        for k, step in enumerate(alone.steps(epoch)):
+            assert [b.tolist() for b in step] == [s[k].tolist() for s in shares]
+    assert not np.array_equal(orders[0].steps(1)[0][0], orders[0].steps(2)[0][0])
     parts = [g.part(10) for g in groups]
     assert np.array_equal(np.concatenate(parts), np.arange(10))
 
@@ -315,3 +383,38 @@ def test_a_resumed_run_is_the_uninterrupted_run(
     changed = {"config": {**config.as_dict(), "epochs": 6}, "processes": 1}
     with pytest.raises(TrainingError, match=r"another run \(epochs 5 -> 6\); use another"):
         RunFolder(tmp_path / "run", SINGLE, changed).load()
+
+
+@pytest.mark.parametrize("command", [["breast-cancer-ann"], ["forecast", "co2-lstm"]])
+def test_a_crash_between_publishing_and_recording_it_publishes_nothing_twice(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The process dies after the new version is in the repository but before the run
+    folder's published.json says so: started again, the run finds its version by the run id
+    in its run.json, reports it and publishes nothing; another run publishes."""
+    name = command[-1]
+    repository, runs = seeded_repository(tmp_path / "models"), tmp_path / "runs"
+    argv = [*command, "--quick", "--threads", "1", "--repository", str(repository)]
+    before = scan(repository).get(name, [])
+    new = len(before) + 1
+
+    def die(self: RunFolder, version: int, repository: Path) -> None:
+        raise KeyboardInterrupt  # killed in the window
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunFolder, "mark_published", die)
+        assert main([*argv, "--checkpoint-dir", str(runs)]) == 130
+    assert scan(repository)[name] == [*before, new]
+    assert not (runs / name / PUBLISHED).exists()
+    run = json.loads((repository / name / str(new) / "run.json").read_text())
+    assert run["run_id"] == (runs / name / RUN_ID).read_text()
+    capsys.readouterr()
+    assert main([*argv, "--checkpoint-dir", str(runs)]) == 0
+    assert f"this run already published version {new}" in capsys.readouterr().out
+    assert scan(repository)[name] == [*before, new]  # not published twice
+    assert json.loads((runs / name / PUBLISHED).read_text())["version"] == new
+    assert main([*argv, "--checkpoint-dir", str(tmp_path / "other-runs")]) == 0  # another run
+    assert scan(repository)[name] == [*before, new, new + 1]

@@ -1,6 +1,7 @@
 """gRPC against HTTP, and the int8 model against its float source, on one core, in one run.
 
     python -m bench.grpc [--duration 5] [--models ...] [--quick] [--prediction-log off|on]
+    python -m bench.grpc --bare-server PORT   # the transport's ceiling (below), on its own
 
 The service (`python -m service`, NNSERVE_GRPC_PORT set) pinned to core 0 with `taskset`,
 the load generator on core 1, the same service process for every row of a model:
@@ -9,7 +10,12 @@ the load generator on core 1, the same service process for every row of a model:
   single-sample and 32-sample requests at concurrency 1 and 64;
 - the same model over HTTP with wrk (`bench.run`'s driver): v2 JSON and v2 binary,
   single-sample, concurrency 1 and 64, for the ratios;
-- raw onnxruntime in-process on core 0, one thread, batch 1 and 32.
+- raw onnxruntime in-process on core 0, one thread, batch 1 and 32;
+- the ceiling of grpc.aio itself (scenario ``grpc-bare``): a bare grpc.aio server on uvloop,
+  as the service runs it, pinned to core 0, answering every ModelInfer with a fixed
+  serialized response (no parsing, no model, no metrics), driven by the same h2load command.
+  No handler can make the service answer faster than that; with the model's own time per
+  sample (raw onnxruntime at batch 32) it bounds what any gRPC row can reach on one core.
 
 The gRPC load generator is h2load (nghttp2-client, C, event-driven, like wrk): a gRPC call is
 an HTTP/2 POST of a 5-byte length prefix and the serialized request, so h2load sends one
@@ -30,6 +36,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +48,7 @@ import numpy as np
 from bench.run import (
     CLIENT_CORE,
     RESULTS,
+    SERVER_CORE,
     bodies,
     check_answer,
     path_for,
@@ -55,6 +63,7 @@ from service.grpc.descriptor import SERVICE, methods
 from service.runtime.model import ServedModel
 
 CASES = ((1, 1), (1, 64), (32, 1), (32, 64))  # (batch, concurrency)
+BARE = "grpc-bare"
 HTTP_SCENARIOS = ("v2-json", "v2-binary")
 
 
@@ -134,6 +143,63 @@ def h2load(
     return summary, cpu
 
 
+def bare_server(port: int) -> None:
+    """Serve ModelInfer with a fixed reply until killed: grpc.aio's own cost per call."""
+
+    import grpc
+    import uvloop
+    from grpc import aio
+
+    reply = methods()["ModelInfer"].response(model_name="bare", model_version="1")
+    reply.outputs.add(name="output", datatype="FP32", shape=[1, 2])
+    reply.raw_output_contents.append(bytes(8))
+    payload: bytes = reply.SerializeToString()
+
+    async def infer(request: bytes, context: object) -> bytes:
+        return payload
+
+    async def serve() -> None:
+        server = aio.server(options=[("grpc.so_reuseport", 0)])
+        handler = grpc.unary_unary_rpc_method_handler(infer)  # bytes in, bytes out
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(serve())
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    """``bare_server`` on the server core, ready when returned."""
+    import grpc
+
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "bench.grpc", "--bare-server",
+         str(port)], cwd=RESULTS.parents[1],
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+    except grpc.FutureTimeoutError:
+        process.kill()
+        raise SystemExit("bench.grpc: the bare gRPC server did not start") from None
+    return process
+
+
+def measure_bare(name: str, model: ServedModel, port: int, work: Path, seconds: float) -> Row:
+    """The model's single-sample body at concurrency 64 against the bare server."""
+    body = work / f"{name}-bare.grpc"
+    body.write_bytes(grpc_body(model, sample_batch(model, 1)))
+    h2load(port, body, 64, min(1.0, seconds), work / "warm.log")
+    summary, cpu = h2load(port, body, 64, seconds, work / "h2load.log")
+    req_s = summary["answered"] / summary["seconds"]
+    errors = int(summary["failed"] + summary["errored"])
+    return Row(name, BARE, 1, 64, req_s, req_s, summary["p50_ms"], summary["p99_ms"], errors,
+               None, cpu / max(summary["succeeded"], 1) * 1e6)  # fmt: skip
+
+
 def check_grpc(port: int, model: ServedModel, batch: np.ndarray) -> None:
     """The body h2load sends, sent once by tritonclient-free grpc: answered, right shape."""
     import grpc
@@ -210,7 +276,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="default: every model")
     parser.add_argument("--quick", action="store_true", help="1-second runs (smoke test)")
     parser.add_argument("--prediction-log", choices=["off", "on"], default="off")
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return
     seconds = 1.0 if args.quick else args.duration
     for tool in ("h2load", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -236,6 +306,14 @@ def main() -> None:
     os.environ.setdefault("NNSERVE_MAX_QUEUE_SIZE", "4096")
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-grpc-"))
     try:
+        bare = start_bare(grpc_port + 1)
+        try:
+            for name, model in models.items():
+                rows.append(measure_bare(name, model, grpc_port + 1, work, seconds))
+                print(format_row(rows[-1]), flush=True)
+        finally:
+            bare.terminate()
+            bare.wait(timeout=60)
         for name, model in models.items():  # a fresh service per model, as bench.run does
             server = start_server(
                 args.repository, port, work / "server.log", args.prediction_log == "on"
@@ -262,14 +340,23 @@ def goals(rows: list[Row]) -> list[str]:
             f"- {text}: {got:,.2f} vs ≥ {want:,.2f}: {'met' if got >= want else 'NOT met'}"
         )
 
-    cnn = ("fashion-cnn", "grpc", 1, 64), ("fashion-cnn", "v2-binary", 1, 64)
-    if all(k in by for k in cnn):
-        check("fashion-cnn gRPC ÷ v2 binary, single sample, c=64",
-              by[cnn[0]].req_s / by[cnn[1]].req_s, 1.0)  # fmt: skip
-    ann = ("breast-cancer-ann", "grpc", 1, 64), ("breast-cancer-ann", "v2-json", 1, 64)
-    if all(k in by for k in ann):
-        check("breast-cancer-ann gRPC ÷ v2 JSON, single sample, c=64",
-              by[ann[0]].req_s / by[ann[1]].req_s, 1.2)  # fmt: skip
+    for model, http, want in (
+        ("fashion-cnn", "v2-binary", 1.0),
+        ("breast-cancer-ann", "v2-json", 1.2),
+    ):
+        grpc_row, http_row = by.get((model, "grpc", 1, 64)), by.get((model, http, 1, 64))
+        if grpc_row is None or http_row is None:
+            continue
+        check(f"{model} gRPC ÷ {http}, single sample, c=64", grpc_row.req_s / http_row.req_s,
+              want)  # fmt: skip
+        bare, raw = by.get((model, BARE, 1, 64)), by.get((model, "raw-ort", 32, 1))
+        if bare is not None and raw is not None:  # one call's transport, then its sample
+            bound = 1 / (1 / bare.req_s + 1 / raw.samples_s)
+            lines.append(
+                f"  - ceiling: grpc.aio with no handler work {bare.req_s:,.0f} calls/s, plus "
+                f"the model's {1e6 / raw.samples_s:.1f} µs per sample (batch 32): at most "
+                f"{bound:,.0f} req/s = {bound / http_row.req_s:.2f}x {http} on this core"
+            )
     for batch in (1, 32):
         pair = ("fashion-cnn-int8", "raw-ort", batch, 1), ("fashion-cnn", "raw-ort", batch, 1)
         if all(k in by for k in pair):

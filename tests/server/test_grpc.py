@@ -72,14 +72,19 @@ def triton(port: int):  # type: ignore[no-untyped-def]
     return grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
 
 
+def newest(name: str) -> str:
+    """The newest committed version of ``name`` (the one served)."""
+    return str(scan(MODELS)[name][-1])
+
+
 def reference(name: str) -> np.ndarray:
     """Real inputs of ``name``: its card's reference batch."""
-    return as_array(read_card(MODELS / name / str(scan(MODELS)[name][-1])).reference[0].inputs[0])
+    return as_array(read_card(MODELS / name / newest(name)).reference[0].inputs[0])
 
 
 def direct(name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of ``name`` for ``batch``, from onnxruntime directly."""
-    folder = MODELS / name / str(scan(MODELS)[name][-1])
+    folder = MODELS / name / newest(name)
     sess = session(folder / MODEL_FILE)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: batch}), strict=True))
@@ -88,7 +93,7 @@ def direct(name: str, batch: np.ndarray) -> dict[str, np.ndarray]:
 def infer_input(name: str, batch: np.ndarray, datatype: str = "FP32"):  # type: ignore[no-untyped-def]
     import tritonclient.grpc as grpcclient
 
-    input_name = read_card(MODELS / name / "1").inputs[0].name
+    input_name = read_card(MODELS / name / newest(name)).inputs[0].name
     tensor = grpcclient.InferInput(input_name, list(batch.shape), datatype)
     tensor.set_data_from_numpy(batch)
     return tensor
@@ -120,13 +125,14 @@ def test_health_and_server_metadata(served: tuple[Server, int], clean: ProcessPo
 
 def _metadata(port: int, name: str) -> None:
     client = triton(port)
-    card = read_card(MODELS / name / "1")
+    version = newest(name)
+    card = read_card(MODELS / name / version)
     meta = client.get_model_metadata(name, as_json=True)
-    assert meta["name"] == name and meta["versions"] == ["1"]
+    assert meta["name"] == name and meta["versions"] == [version]
     assert [i["name"] for i in meta["inputs"]] == [t.name for t in card.inputs]
     assert [int(d) for d in meta["inputs"][0]["shape"]] == card.inputs[0].shape
     assert [o["name"] for o in meta["outputs"]] == [t.name for t in card.outputs]
-    assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+    assert client.is_model_ready(name) and client.is_model_ready(name, version)
     assert not client.is_model_ready(name, "7")
 
 
@@ -142,8 +148,9 @@ def _infer(port: int, name: str) -> None:
         assert result.get_response().id == "grpc-1"
     first, *others = direct(name, batch)
     only = [grpcclient.InferRequestedOutput(first)]
-    result = client.infer(name, [infer_input(name, batch)], outputs=only, model_version="1")
-    assert result.as_numpy(first) is not None and result.get_response().model_version == "1"
+    version = newest(name)
+    result = client.infer(name, [infer_input(name, batch)], outputs=only, model_version=version)
+    assert result.as_numpy(first) is not None and result.get_response().model_version == version
     assert all(result.as_numpy(other) is None for other in others)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from modelrepo import MODEL_FILE, file_sha256, read_card, scan
@@ -47,10 +48,13 @@ def test_quantize_publishes_a_gated_int8_model_the_service_loads(repository: Pat
     assert {(s.model, s.batch) for s in q.speed} == {
         (m, b) for m in ("fashion-cnn/1", "fashion-cnn-int8") for b in (1, 32)
     }
-    assert q.excluded_nodes  # the first conv, over one channel, stays float
+    # the first conv, over one channel, and the softmax stay float
+    assert sorted(q.excluded_nodes) == ["node_Conv_66", "node_softmax"]
     assert card.onnx_sha256 == file_sha256(folder / MODEL_FILE)
-    ops = {n.op_type for n in __import__("onnx").load(str(folder / MODEL_FILE)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    nodes = onnx.load(str(folder / MODEL_FILE)).graph.node
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in nodes}
+    (probabilities,) = [n for n in nodes if "probabilities" in n.output]
+    assert probabilities.op_type == "Softmax"  # no Q/DQ pair after it: float precision
     # the service loads it and its self-check passes
     model = ServedModel.load(folder)
     assert model.card.provenance.origin == "quantized"

@@ -26,6 +26,8 @@ logger = logging.getLogger("nnserve.predictionlog")
 
 #: How long a statement waits for another process's write lock before it fails (seconds).
 BUSY_TIMEOUT = 30.0
+#: The row count's two ends, each one b-tree descent (see ``SQLiteStore._count``).
+COUNT_SQL = "SELECT (SELECT min(rowid) FROM predictions), (SELECT max(rowid) FROM predictions)"
 #: WAL pages between automatic checkpoints, and the size the WAL is truncated to after one.
 WAL_PAGES = 1000
 WAL_LIMIT = 4 << 20
@@ -115,8 +117,10 @@ class SQLiteStore(SQLStore):
 
     def _count(self, conn: sqlite3.Connection) -> int:
         """Rows, without a scan: rowids are dense here (rows are only ever appended, and
-        pruned from the oldest end), so the span of rowids is the count."""
-        low, high = conn.execute("SELECT min(rowid), max(rowid) FROM predictions").fetchone()
+        pruned from the oldest end), so the span of rowids is the count. Two subqueries:
+        SQLite finds a lone min() or max() at one end of the b-tree, but a query asking for
+        both scans the whole table (a second's worth of reading every second on a 1 GB log)."""
+        low, high = conn.execute(COUNT_SQL).fetchone()
         return 0 if low is None else int(high - low + 1)
 
     def _live_bytes(self, conn: sqlite3.Connection, rows: int) -> int:

@@ -15,27 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from modelrepo import (
-    DatasetInfo,
     Forecast,
     ForecastErrors,
     ModelCard,
-    Provenance,
     TensorSpec,
     publish,
 )
@@ -46,7 +40,7 @@ from training.distributed import SINGLE, Group, publish_from_rank_zero
 from training.errors import ConfigError
 from training.loop import History, Objective, train
 from training.nets import Forecaster, Normalize
-from training.publish import explain_baseline, stage
+from training.publish import explain_baseline, stage, trained_provenance
 
 WINDOW, HORIZON = 104, 13
 QUICK_TRAIN_WINDOWS = 256
@@ -286,7 +280,6 @@ def package(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     names = [f"t-{recipe.window - i}" for i in range(recipe.window)]
-    spread = f" x {group.world_size} processes ({group.backend})" if group.distributed else ""
     card = ModelCard(
         name=recipe.name,
         version=1,
@@ -298,32 +291,16 @@ def package(
             o.model_copy(update={"description": f"the next {recipe.horizon} values in ppm"})
             for o in staged.outputs
         ],
-        provenance=Provenance(
-            origin="trained",
-            dataset=DatasetInfo(
-                name=data.name,
-                source=data.source,
-                fingerprint=data.fingerprint(),
-                n_train=len(w.x_train),
-                n_val=len(w.x_val),
-                n_test=len(w.x_test),
-                split=f"{data.split}; counts are windows",
-            ),
-            hyperparameters={
-                **config.as_dict(),
-                "architecture": repr(net).replace("\n", ""),
-                "feedback_examples": trained.feedback,
-            },
-            seed=config.seed,
-            epochs_run=history.epochs_run,
-            best_epoch=history.best_epoch,
-            wall_time_s=round(history.wall_time_s, 2),
-            torch_version=torch.__version__,
-            onnx_version=onnx.__version__,
-            onnxruntime_version=ort.__version__,
-            opset=export.OPSET,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            trained_on=f"{platform.machine()} {torch.get_num_threads()} threads{spread}",
+        provenance=trained_provenance(
+            data,
+            (len(w.x_train), len(w.x_val), len(w.x_test)),
+            f"{data.split}; counts are windows",
+            config,
+            net,
+            trained.feedback,
+            (history.epochs_run, history.best_epoch),
+            round(history.wall_time_s, 2),
+            group,
         ),
         onnx_sha256=staged.sha256,
         parity=staged.parity,

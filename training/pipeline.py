@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import platform
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from modelrepo import (
-    DatasetInfo,
     ModelCard,
-    Provenance,
     TestMetrics,
     publish,
     read_card,
@@ -33,7 +27,7 @@ from training.checkpoint import RunFolder, open_run
 from training.config import TrainConfig
 from training.distributed import SINGLE, Group
 from training.loop import History, train
-from training.publish import Staged, explain_baseline, stage
+from training.publish import Staged, explain_baseline, stage, trained_provenance
 from training.recipes import Recipe, Samples
 
 PARITY_MIN_SAMPLES = 256
@@ -284,27 +278,23 @@ def card_maker(
     group: Group = SINGLE,
 ) -> Callable[[int], ModelCard]:
     """``model.json`` for the version the candidate gets when it is published."""
-    dataset_info = DatasetInfo(
-        name=dataset.name,
-        source=dataset.source,
-        fingerprint=dataset.fingerprint(),
-        n_train=len(splits.y_train),
-        n_val=len(splits.y_val),
-        n_test=len(dataset.y_test),
-        split=dataset.split,
-    )
-    hyperparameters = {
-        **config.as_dict(),
-        "architecture": repr(net).replace("\n", ""),
-        "feedback_examples": splits.feedback or 0,
-    }
     baseline = (
         evaluate.feature_baselines(splits.x_train, dataset.feature_names)
         if dataset.feature_names
         else []
     )
     typical = explain_baseline(splits.x_train, recipe.input)  # what explanations occlude with
-    spread = f" x {group.world_size} processes ({group.backend})" if group.distributed else ""
+    provenance = trained_provenance(
+        dataset,
+        (len(splits.y_train), len(splits.y_val), len(dataset.y_test)),
+        dataset.split,
+        config,
+        net,
+        splits.feedback or 0,
+        (history.epochs_run, history.best_epoch),
+        wall_time,
+        group,
+    )
 
     def card(version: int) -> ModelCard:
         return ModelCard(
@@ -317,21 +307,7 @@ def card_maker(
             outputs=export.output_specs(len(dataset.labels)),
             labels=dataset.labels,
             feature_names=dataset.feature_names,
-            provenance=Provenance(
-                origin="trained",
-                dataset=dataset_info,
-                hyperparameters=hyperparameters,
-                seed=config.seed,
-                epochs_run=history.epochs_run,
-                best_epoch=history.best_epoch,
-                wall_time_s=wall_time,
-                torch_version=torch.__version__,
-                onnx_version=onnx.__version__,
-                onnxruntime_version=ort.__version__,
-                opset=export.OPSET,
-                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                trained_on=f"{platform.machine()} {torch.get_num_threads()} threads{spread}",
-            ),
+            provenance=provenance,
             baseline=baseline,
             metrics=metrics,
             onnx_sha256=exported.sha256,

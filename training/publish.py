@@ -11,23 +11,29 @@ one export path."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from modelrepo import (
     MODEL_FILE,
+    DatasetInfo,
     ExplainBaseline,
     ModelCard,
     Parity,
+    Provenance,
     ReferenceCase,
     TensorSpec,
     TestMetrics,
@@ -36,10 +42,67 @@ from modelrepo import (
 )
 from modelrepo import publish as publish_folder
 from training import export
+from training.config import TrainConfig
+from training.distributed import Group
 from training.errors import ParityError, TrainingError
 from training.export import Samples, Task
 
 PARITY_TOLERANCE = 1e-4
+
+
+class DataSource(Protocol):
+    """What a training run's card says of its data (a Dataset, a Series)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def trained_provenance(
+    data: DataSource,
+    counts: tuple[int, int, int],
+    split: str,
+    config: TrainConfig,
+    net: nn.Module,
+    feedback: int,
+    epochs: tuple[int, int],
+    wall_time_s: float,
+    group: Group,
+) -> Provenance:
+    """A recipe run's provenance: the data (``counts``: train, validation, test), every
+    setting, the architecture, ``epochs`` (run, best), versions and where it trained."""
+    spread = f" x {group.world_size} processes ({group.backend})" if group.distributed else ""
+    return Provenance(
+        origin="trained",
+        dataset=DatasetInfo(
+            name=data.name,
+            source=data.source,
+            fingerprint=data.fingerprint(),
+            n_train=counts[0],
+            n_val=counts[1],
+            n_test=counts[2],
+            split=split,
+        ),
+        hyperparameters={
+            **config.as_dict(),
+            "architecture": repr(net).replace("\n", ""),
+            "feedback_examples": feedback,
+        },
+        seed=config.seed,
+        epochs_run=epochs[0],
+        best_epoch=epochs[1],
+        wall_time_s=wall_time_s,
+        torch_version=torch.__version__,
+        onnx_version=onnx.__version__,
+        onnxruntime_version=ort.__version__,
+        opset=export.OPSET,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        trained_on=f"{platform.machine()} {torch.get_num_threads()} threads{spread}",
+    )
 
 
 @dataclass

@@ -114,11 +114,7 @@ def retrain(
         Outcome(recipe.name, accept, version, tolerance, "accuracy"),
         "publish if challenger accuracy >= champion accuracy - tolerance",
         f"{dataset.name} test split, n={len(dataset.y_test)}",
-        {
-            "store": redacted(feedback_url) if feedback_url else None,
-            "examples": 0 if extra is None else len(extra[1]),
-            "skipped": skipped,
-        },
+        (feedback_url, 0 if extra is None else len(extra[1]), skipped),
         {"version": champion_card.version, "accuracy": champion.accuracy, "loss": champion.loss},
         {
             "accuracy": challenger.accuracy,
@@ -143,12 +139,14 @@ def report_decision(
     outcome: Outcome,
     rule: str,
     held_out: str,
-    feedback: dict[str, Any],
+    feedback: tuple[str | None, int, int],
     champion: dict[str, Any],
     challenger: dict[str, Any],
     report_dir: Path,
 ) -> Decision:
-    """Write the JSON and Markdown reports of a champion/challenger decision and say it."""
+    """Write the JSON and Markdown reports of a champion/challenger decision and say it.
+    ``feedback``: the store's URL (None: no store), examples used, and those skipped."""
+    store, examples, skipped = feedback
     report: dict[str, Any] = {
         "model": outcome.model,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -157,7 +155,11 @@ def report_decision(
         "tolerance": outcome.tolerance,
         "rule": rule,
         "held_out": held_out,
-        "feedback": feedback,
+        "feedback": {
+            "store": redacted(store) if store else None,
+            "examples": examples,
+            "skipped": skipped,
+        },
         "champion": champion,
         "challenger": challenger,
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from modelrepo import MODEL_FILE, read_card, scan
-from predictionlog import open_store, redacted
+from predictionlog import open_store
 from training import export, series
 from training.config import TrainConfig
 from training.errors import TrainingError
@@ -87,11 +87,7 @@ def retrain_forecaster(
         Outcome(recipe.name, accept, version, tolerance, "mase"),
         "publish if challenger MASE <= champion MASE + tolerance (lower is better)",
         f"{data.name} test part, {len(w.x_test)} rolling origins",
-        {
-            "store": redacted(feedback_url) if feedback_url else None,
-            "examples": 0 if extra is None else len(extra[0]),
-            "skipped": skipped,
-        },
+        (feedback_url, 0 if extra is None else len(extra[0]), skipped),
         {"version": champion_card.version, "mase": champion.mase, "mae": champion.mae,
          "rmse": champion.rmse},
         {"mase": challenger.mase, "mae": challenger.mae, "rmse": challenger.rmse,

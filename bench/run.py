@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from bench.logsize import bytes_per_prediction
 from modelrepo import MODEL_FILE, scan
 from service.context import RequestContext
 from service.protocol import v1, v2
@@ -368,8 +369,7 @@ def serve(
                     print(f"log {mode:3s} {format_row(row)}", flush=True)
             if before is not None:
                 after = log_figures(port)
-                grown = after["rows"] - before["rows"]
-                stored[name] = (after["bytes"] - before["bytes"]) / grown if grown else 0.0
+                stored[name] = bytes_per_prediction(data / "predictions.db", name)
                 dropped = after["dropped"] - before["dropped"]
                 print(
                     f"log on  {name}: {stored[name]:,.0f} bytes per prediction, "

@@ -1,10 +1,12 @@
 """The messages between a service process and the log writer process, over a Unix
 ``SOCK_SEQPACKET`` socket (each message arrives whole or not at all).
 
-A **batch** message carries the predictions of one inference run of one model version: a
-small JSON head (model, version, time, ids, predicted labels, array shapes) and the raw
-little-endian float32 bytes of the inputs and outputs, as they came out of onnxruntime; with
-tracing on, the head also lists each row's trace id (``traces``; absent otherwise). No
+A **batch** message carries predictions of one model version: a small JSON head (model,
+version, time, ids, predicted labels, array shapes) and the raw little-endian float32 bytes
+of the inputs and outputs, as they came out of onnxruntime; with tracing on, the head also
+lists each row's trace id (``traces``; absent otherwise). The service gathers the inference
+runs of a few milliseconds into one message (:func:`merge`): then each row's own time is in
+``times``. No
 pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and nothing it reads
 can run code.
 
@@ -47,26 +49,71 @@ class Batch(NamedTuple):
     labels: Sequence[str | None]
     #: Each row's trace id (the service traced the requests), or None: no trace ids at all.
     traces: Sequence[str | None] | None = None
+    #: Each row's own time (several runs merged into one batch), or None: ``time`` for all.
+    times: Sequence[float] | None = None
 
     def rows(self) -> Iterator[Row]:
         """Predictions-table rows (see ``records.COLUMNS``)."""
         input_shape = orjson.dumps(list(self.inputs.shape[1:])).decode()
         output_shape = orjson.dumps(list(self.outputs.shape[1:])).decode()
-        inputs, outputs = self.inputs, self.outputs
-        traces = self.traces
-        for i, pid in enumerate(self.ids):
-            yield (
-                pid,
-                self.time,
-                self.model,
-                self.version,
-                inputs[i].tobytes(),
-                input_shape,
-                outputs[i].tobytes(),
-                output_shape,
-                self.labels[i],
-                None if traces is None else traces[i],
+        n = len(self.ids)
+        times = [self.time] * n if self.times is None else self.times
+        traces = [None] * n if self.traces is None else self.traces
+        inputs, outputs = _row_bytes(self.inputs, n), _row_bytes(self.outputs, n)
+        model, version = self.model, self.version
+        for pid, at, x, y, label, trace in zip(
+            self.ids, times, inputs, outputs, self.labels, traces, strict=True
+        ):
+            yield (pid, at, model, version, x, input_shape, y, output_shape, label, trace)
+
+
+def _row_bytes(array: np.ndarray, n: int) -> list[bytes]:
+    """Each row's float32 bytes: slices of one ``tobytes`` (a tenth of a ``tobytes`` per row)."""
+    data = _stored(array).tobytes()
+    size = len(data) // n if n else 0
+    return [data[i : i + size] for i in range(0, len(data), size)] if size else [b""] * n
+
+
+def merge(batches: Sequence[Batch]) -> list[Batch]:
+    """The batches as few: those of one model version with rows of the same shapes become one
+    (rows in order, each keeping its time and trace id)."""
+    groups: dict[tuple[object, ...], list[Batch]] = {}
+    for b in batches:
+        key = (b.model, b.version, b.inputs.shape[1:], b.outputs.shape[1:])
+        groups.setdefault(key, []).append(b)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        traced = any(b.traces is not None for b in group)
+        first = group[0]
+        merged.append(
+            Batch(
+                first.model,
+                first.version,
+                first.time,
+                [i for b in group for i in b.ids],
+                np.concatenate([_stored(b.inputs) for b in group]),
+                np.concatenate([_stored(b.outputs) for b in group]),
+                [label for b in group for label in b.labels],
+                [t for b in group for t in (b.traces or [None] * len(b.ids))] if traced else None,
+                [t for b in group for t in (b.times or [b.time] * len(b.ids))],
             )
+        )
+    return merged
+
+
+def fits(batch: Batch) -> bool:
+    """Whether each of the batch's predictions fits in a message (see :func:`encode`)."""
+    n = len(batch.ids)
+    row = (batch.inputs.size + batch.outputs.size) * 4 // max(n, 1)
+    return row + _per_row(batch) + 1024 <= MAX_MESSAGE
+
+
+def _per_row(batch: Batch) -> int:
+    """Head bytes per row: its id and label (and trace id, and time), as an upper bound."""
+    return 64 + (40 if batch.traces is not None else 0) + (24 if batch.times is not None else 0)
 
 
 def encode(batch: Batch) -> list[bytes]:
@@ -74,16 +121,19 @@ def encode(batch: Batch) -> list[bytes]:
     than that cannot be sent and gives ``[]`` (the caller counts it as dropped)."""
     inputs, outputs = _stored(batch.inputs), _stored(batch.outputs)
     n = len(batch.ids)
-    per_row = 64 if batch.traces is None else 104  # the head's id, label (and trace id)
+    per_row = _per_row(batch)
     if inputs.nbytes + outputs.nbytes + per_row * n + 512 <= MAX_MESSAGE:  # the usual case
-        return [_message(batch, inputs, outputs, batch.ids, batch.labels, batch.traces)]
+        return [
+            _message(batch, inputs, outputs, batch.ids, batch.labels, batch.traces, batch.times)
+        ]
     step = max(1, (MAX_MESSAGE - 1024) // ((inputs.nbytes + outputs.nbytes) // n + per_row))
     messages = []
     for start in range(0, n, step):
         part = slice(start, min(n, start + step))
         traces = None if batch.traces is None else batch.traces[part]
+        times = None if batch.times is None else batch.times[part]
         message = _message(
-            batch, inputs[part], outputs[part], batch.ids[part], batch.labels[part], traces
+            batch, inputs[part], outputs[part], batch.ids[part], batch.labels[part], traces, times
         )
         if len(message) > MAX_MESSAGE:
             return []
@@ -104,6 +154,7 @@ def _message(
     ids: Sequence[str],
     labels: Sequence[str | None],
     traces: Sequence[str | None] | None,
+    times: Sequence[float] | None,
 ) -> bytes:
     head: dict[str, object] = {
         "model": batch.model,
@@ -116,6 +167,8 @@ def _message(
     }
     if traces is not None:
         head["traces"] = traces
+    if times is not None:
+        head["times"] = times
     head_bytes = orjson.dumps(head)
     return b"".join((_HEAD.pack(BATCH, len(head_bytes)), head_bytes, inputs.data, outputs.data))
 
@@ -139,7 +192,12 @@ def decode(message: bytes) -> Batch:
             raise ValueError(f"not a batch message: {kind!r}")
         start = _HEAD.size + length
         head = orjson.loads(message[_HEAD.size : start])
-        ids, labels, traces = head["ids"], head["labels"], head.get("traces")
+        ids, labels, traces, times = (
+            head["ids"],
+            head["labels"],
+            head.get("traces"),
+            head.get("times"),
+        )
         n = len(ids)
         in_shape, out_shape = (n, *head["inputs"]), (n, *head["outputs"])
         in_bytes = prod(in_shape) * 4
@@ -151,9 +209,13 @@ def decode(message: bytes) -> Batch:
             raise ValueError("the ids, labels and tensors do not match")
         if traces is not None and len(traces) != n:
             raise ValueError("the ids and trace ids do not match")
+        if times is not None:
+            if len(times) != n:
+                raise ValueError("the ids and times do not match")
+            times = np.asarray(times, dtype=np.float64).tolist()  # numbers, or ValueError
         return Batch(
             str(head["model"]), int(head["version"]), float(head["time"]), ids, inputs, outputs,
-            labels, traces,
+            labels, traces, times,
         )  # fmt: skip
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed batch message: {exc}") from exc
@@ -161,5 +223,5 @@ def decode(message: bytes) -> Batch:
 
 __all__ = [
     "BATCH", "CONTROL", "DATA", "DROPPED", "FLUSH", "MAX_MESSAGE", "STATS", "Batch", "decode",
-    "decode_dropped", "encode", "encode_dropped",
+    "decode_dropped", "encode", "encode_dropped", "fits", "merge",
 ]  # fmt: skip

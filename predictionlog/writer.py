@@ -1,13 +1,14 @@
 """The log writer process: ``python -m predictionlog --socket PATH --store URL ...``.
 
 ONE process owns the prediction log's writes for every service process (worker) of a
-machine: each connects to its Unix socket and sends batch messages (``wire``), which cost the
-request path one ``send``; this process decodes them, commits them to the store in one
-transaction per ``linger`` window (20 ms) or 128 rows, updates input drift, and enforces the
-retention bounds between commits, in short bursts at a lower priority, so that on a shared
-core requests never wait long for it. One writer also means one SQLite writer: no lock
-contention between workers. It answers ``flush`` (everything received so far, from every
-connection, is committed) and ``stats`` (its figures, for the service's ``/metrics``).
+machine: each connects to its Unix socket and sends batch messages (``wire``: what it
+recorded in the last few milliseconds, one ``send``); this process decodes them, commits them
+to the store in one transaction per ``linger`` window (20 ms) or 128 rows, updates input
+drift, and enforces the retention bounds between commits, in bursts of about 100 µs at a
+lower priority, paced (``pacing``) so that on a shared core requests never wait long for it.
+One writer also means one SQLite writer: no lock contention between workers. It answers
+``flush`` (everything received so far, from every connection, is committed) and ``stats``
+(its figures, for the service's ``/metrics``).
 
 It stops on SIGTERM or SIGINT, and when the process that started it is gone: either way it
 first reads what is left on every connection and commits it. Killed with SIGKILL, it loses
@@ -31,6 +32,7 @@ import orjson
 
 from predictionlog.counters import Counters
 from predictionlog.drift import Drifts
+from predictionlog.pacing import Pacer, runs
 from predictionlog.records import Row
 from predictionlog.retention import Retention, Usage
 from predictionlog.store import Store
@@ -47,12 +49,12 @@ from predictionlog.wire import (
 )  # fmt: skip
 
 log = logging.getLogger("nnserve.predictionlog.writer")
-#: Messages read between two offers of the CPU to other processes.
-BURST = 16
+#: Rows inserted between two pauses (``pacing``: the pacer pauses once a burst took 100 µs).
+INSERT_CHUNK = 8
 #: Seconds between drift updates (each is vectorized over the rows committed since) ...
 DRIFT_EVERY = 0.5
-#: ... in chunks of this many rows (time steps for sequences).
-DRIFT_CHUNK = 256
+#: ... in chunks of this many rows (time steps for sequences): below 100 µs each.
+DRIFT_CHUNK = 128
 #: Retention steps per pruning turn (each at most ``Retention.batch`` rows).
 PRUNE_STEPS = 8
 
@@ -72,6 +74,7 @@ class Writer:
         prune_interval: float = 1.0,
         parent: int | None = None,
         counters: Counters | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.store = store
         self.listener = listener
@@ -91,7 +94,8 @@ class Writer:
         self.pending_since = 0.0
         #: written, dropped (here and reported by the services), pruned, malformed
         self.counts = counters or Counters()
-        self.received = 0  # batch messages
+        self.rows_received = 0
+        self.pacer = pacer or Pacer()
 
         self.next_drift = 0.0
         #: The store's figures: measured every ``prune_interval``, kept up to date in between
@@ -113,14 +117,16 @@ class Writer:
         connections and signals wake it at once."""
         more = False
         while not self.stopping:
-            for key, _ in self.selector.select(0 if more else self.poll):
+            ready = self.selector.select(0 if more else self.poll)
+            self.pacer.rested()
+            for key, _ in ready:
                 if key.fileobj is self.listener:
                     self._accept()
                 elif key.fileobj is self._wake_read:
                     self._wake_read.recv(512)
                 else:
                     self._read(key.fileobj)  # type: ignore[arg-type]
-            more = self._read_data(limit=64)
+            more = self._read_data(limit=256)
             now = time.monotonic()
             if self.pending and (
                 now >= self.pending_since + self.linger or len(self.pending) >= self.batch_rows
@@ -153,20 +159,21 @@ class Writer:
         self.connections.add(conn)
         self.selector.register(conn, selectors.EVENT_READ)
 
-    def _read(self, conn: socket.socket, limit: int = 256) -> None:
-        """Up to ``limit`` messages from one connection (no connection starves the others)."""
-        for _ in range(limit):
+    def _read(self, conn: socket.socket, limit: int = 256) -> int:
+        """Up to ``limit`` messages from one connection (no connection starves the others);
+        how many it read."""
+        for done in range(limit):
             if conn not in self.connections:  # closed while answering it
-                return
+                return done
             try:
                 message = conn.recv(MAX_MESSAGE)
             except BlockingIOError:
-                return
+                return done
             except OSError:
                 message = b""
             if not message:
                 self._close(conn)
-                return
+                return done
             kind = message[:1]
             if kind == BATCH:
                 self._add(message)
@@ -190,35 +197,30 @@ class Writer:
                 self._answer(conn, self.stats())
             else:
                 self.counts.add("malformed", 1)
+        return limit
 
     def _read_data(self, limit: int) -> bool:
-        """Up to ``limit`` messages from each data connection, in short bursts: between
-        them the CPU goes to whoever waits for it (on a shared core, the service's requests
-        should not wait for this process). True if a connection may have more."""
+        """Up to about ``limit`` rows from each data connection, a message at a time with a
+        pause between them (``pacing``: on a shared core, the service's requests should not
+        wait for this process). True if a connection may have more."""
         more = False
         for conn in list(self.data):
-            while conn in self.data:
-                before = self.received
-                self._read(conn, limit=BURST)
-                got = self.received - before
-                limit -= got
-                if got < BURST:
-                    break
+            start = self.rows_received
+            while conn in self.data and self._read(conn, limit=1):
                 self._pause()
-                if limit <= 0:
+                if self.rows_received - start >= limit:
                     more = True
                     break
         return more
 
-    @staticmethod
-    def _pause() -> None:
-        """Offer the CPU to whoever waits for it (on a shared core, a request should not
-        wait for this process): between bursts of reading, writing, drift and pruning."""
-        os.sched_yield()
+    def _pause(self) -> None:
+        """Between bursts of reading, writing, drift and pruning: on a shared core a request
+        should not wait for this process (``pacing``)."""
+        self.pacer.pause()
 
     def _drain_all(self) -> None:
         """Everything waiting on every data connection (flush, stop)."""
-        while self._read_data(limit=1024):
+        while self._read_data(limit=8192):
             pass
 
     def _close(self, conn: socket.socket) -> None:
@@ -251,7 +253,8 @@ class Writer:
             self.counts.add("malformed", 1)
             log.error("ignoring a malformed batch message: %s", exc)
             return
-        self.received += 1
+        self.rows_received += len(batch.ids)
+        self.pacer.ran(len(batch.ids), runs(batch.times))
         if not self.pending:
             self.pending_since = time.monotonic()
         self.pending.extend(batch.rows())
@@ -262,14 +265,11 @@ class Writer:
             return
         rows, self.pending = self.pending, []
         incoming = self._bytes_of(rows)
-        # A full commit's worth waited (the core is saturated): no yields inside it. At a
-        # lower priority every yield costs this process its turn for a long while (EEVDF
-        # pushes its deadline by a whole slice), so yielding between chunks of a full
-        # commit made it fall ever further behind and drop most rows at concurrency 64.
-        behind = len(rows) >= self.batch_rows
+        self.pacer.lag(time.time() - rows[0][1])  # the oldest row's age
         self._make_room(len(rows), incoming)
         try:
-            self.store.write_rows(rows, pause=None if behind else self._pause)
+            pause = None if self.pacer.hurried else self._pause
+            self.store.write_rows(rows, pause=pause, chunk=INSERT_CHUNK)
         except Exception as exc:
             self.counts.add("dropped", len(rows))
             self.drifts.written(False)  # rows not written do not count for drift either

@@ -76,8 +76,9 @@ class PredictionRecorder:
 
 #: How long feedback waits for a prediction id it cannot find yet. This process's own rows
 #: are flushed before the look-up; another worker's are in the writer already (flushed too),
-#: or, while the writer restarts, in that worker's backlog, sent within 0.2 s of the writer
-#: being back; another replica's writer commits within its linger window (20 ms).
+#: or gathered in that worker for at most 5 ms more (``predictionlog.client.GATHER_S``), or,
+#: while the writer restarts, in its backlog, sent within 0.2 s of the writer being back;
+#: another replica's writer commits within its linger window (20 ms).
 JOIN_WAIT_S = 2.0
 
 

@@ -3,6 +3,7 @@ sent is committed once, flush, SIGTERM, kill -9, a full disk, a writer that fall
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import signal
@@ -20,7 +21,7 @@ import pytest
 
 from predictionlog import Batch, PredictionLog, Retention, WriterProcess, open_store
 from predictionlog.counters import Counters
-from predictionlog.wire import MAX_MESSAGE, decode, encode
+from predictionlog.wire import MAX_MESSAGE, decode, encode, merge
 from tests.support.paths import MODELS, ROOT
 from tests.support.postgres import require_psycopg, running_postgres
 
@@ -98,7 +99,55 @@ def test_big_batches_are_split_and_oversized_rows_refused() -> None:
             decode(bad)
 
 
+def test_gathered_batches_merge_into_one_per_version_and_keep_each_rows_time() -> None:
+    a1 = batch("a1", n=2)._replace(time=T0 + 1)
+    a2 = batch("a2", n=3)._replace(time=T0 + 2, traces=["ab" * 16, None, "cd" * 16])
+    b1 = batch("b1", n=1, model="other")
+    a3 = batch("a3", n=1)._replace(time=T0 + 3)
+    merged = merge([a1, b1, a2, a3])
+    assert [(m.model, len(m.ids)) for m in merged] == [("m", 6), ("other", 1)]
+    (message,) = encode(merged[0])
+    got = decode(message)
+    rows = list(got.rows())
+    assert [r[0] for r in rows] == [*a1.ids, *a2.ids, *a3.ids]
+    assert [r[1] for r in rows] == [T0 + 1] * 2 + [T0 + 2] * 3 + [T0 + 3]
+    assert [r[9] for r in rows] == [None, None, "ab" * 16, None, "cd" * 16, None]
+    expected = np.concatenate([a1.inputs, a2.inputs, a3.inputs])
+    assert [np.frombuffer(r[4], "<f4").tolist() for r in rows] == expected.tolist()
+    assert merge([b1]) == [b1]  # alone: as it was
+    bad = message.replace(b'"times":[', b'"times":["soon",', 1)
+    with pytest.raises(ValueError):
+        decode(bad)
+
+
 # -- the writer process --------------------------------------------------------------------
+def test_on_an_event_loop_a_few_milliseconds_of_batches_go_together(
+    writer: WriterProcess, tmp_path: Path
+) -> None:
+    log = PredictionLog(writer.socket_path, gather_s=0.05)
+
+    async def serve() -> tuple[int, int, int]:
+        for i in range(20):
+            assert log.record(batch(f"g{i}", n=2)._replace(time=T0 + i))
+        waiting = log.sent  # nothing sent yet: gathered for gather_s
+        await asyncio.sleep(0.2)
+        shipped = log.sent  # all of it, in one message, once gather_s passed
+        log.record(batch("late", n=1))
+        flushed = await asyncio.to_thread(log.flush)  # feedback's flush sends what waits
+        return waiting, shipped, int(flushed)
+
+    assert asyncio.run(serve()) == (0, 40, 1)
+    assert sorted(stored(tmp_path)) == sorted([f"g{i}-{j}" for i in range(20) for j in (0, 1)]
+                                              + ["late-0"])  # fmt: skip
+    with closing(sqlite3.connect(tmp_path / "log.db")) as conn:
+        times = dict(conn.execute("SELECT id, time FROM predictions"))
+    assert [times[f"g{i}-1"] for i in range(20)] == [T0 + i for i in range(20)]
+    # without a running loop (a script, a thread) every record goes at once
+    log.record(batch("now", n=1))
+    assert log.sent == 42
+    log.close()
+
+
 def test_every_row_from_every_connection_is_committed_once(
     writer: WriterProcess, tmp_path: Path
 ) -> None:

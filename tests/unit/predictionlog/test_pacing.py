@@ -1,0 +1,76 @@
+"""The writer's pacing (``predictionlog.pacing``): it offers the CPU between bursts of
+100 µs while the service is not saturated, and works through when the service's batcher
+merges requests (they queue anyway) or when it is behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictionlog import pacing
+from predictionlog.pacing import Pacer, runs
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(pacing.time, "monotonic", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def yields(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    count: list[int] = []
+    monkeypatch.setattr(pacing.os, "sched_yield", lambda: count.append(1))
+    return count
+
+
+def burst(pacer: Pacer, clock: list[float], seconds: float = 2 * pacing.BURST_S) -> None:
+    """Work for ``seconds``, then a pause."""
+    clock[0] += seconds
+    pacer.pause()
+
+
+def test_the_writer_yields_between_bursts_while_requests_come_one_per_run(
+    clock: list[float], yields: list[int]
+) -> None:
+    pacer = Pacer()
+    burst(pacer, clock, pacing.BURST_S / 2)  # within its first burst: no pause
+    assert yields == []
+    burst(pacer, clock)
+    assert len(yields) == 1
+    pacer.rested()  # it slept waiting for work: a new burst starts
+    burst(pacer, clock, pacing.BURST_S / 2)
+    assert len(yields) == 1
+    for _ in range(50):  # one request per inference run (concurrency 1)
+        pacer.ran(20, 20)
+    clock[0] += pacing.WINDOW_S
+    burst(pacer, clock)
+    assert not pacer.saturated and len(yields) == 2
+
+
+def test_a_saturated_service_or_a_writer_behind_gets_no_pauses(
+    clock: list[float], yields: list[int]
+) -> None:
+    pacer = Pacer()
+    pacer.ran(64 * 30, 64)  # 30 rows per inference run: the batcher merges queued requests
+    clock[0] += pacing.WINDOW_S
+    burst(pacer, clock)
+    assert pacer.saturated and pacer.hurried and yields == []
+    pacer.ran(30, 30)  # the next half second: one request per run again
+    clock[0] += pacing.WINDOW_S
+    burst(pacer, clock)
+    assert not pacer.saturated and len(yields) == 1
+    pacer.lag(0.5)  # the oldest row of a commit waited half a second
+    burst(pacer, clock)
+    assert pacer.behind and len(yields) == 1
+    pacer.lag(0.07)  # between the marks: still catching up
+    burst(pacer, clock)
+    assert pacer.hurried and len(yields) == 1
+    pacer.lag(0.02)
+    burst(pacer, clock)
+    assert not pacer.hurried and len(yields) == 2
+
+
+def test_runs_are_counted_from_the_rows_times() -> None:
+    assert runs(None) == 1  # one run's batch: one time for all its rows
+    assert runs([5.0, 5.0, 6.0, 7.0, 7.0]) == 3

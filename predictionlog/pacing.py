@@ -4,16 +4,19 @@ request never waits long for it, and on a saturated service it still keeps up.
 The writer calls :meth:`Pacer.pause` between small steps of work (a message read, 8 rows
 inserted, 128 rows of drift, one retention step); once its steps since the last pause (or
 since it woke) took ``BURST_S`` (100 µs), the pacer offers the CPU with ``sched_yield``, so a
-request that arrived meanwhile waits at most about one burst. Two exceptions, where the
-writer works through without pausing and commits each transaction in one go (``hurried``):
+request that arrived meanwhile waits at most about one burst. Two exceptions:
 
 - **The service is saturated**: its batcher merged more than two rows per inference run
   over the last half second, i.e. requests queue anyway, and they wait for the CPU whoever
-  holds it. Under Linux's EEVDF scheduler every yield costs the writer (nice 10) its turn for
-  a long while; yielding every 100 µs at concurrency 64 left it a third of the CPU it needs,
-  and it dropped 16,000 rows in 4 s (breast-cancer-ann), none without the yields.
+  holds it. The writer works through without pausing and commits each transaction in one
+  go: under Linux's EEVDF scheduler every yield costs it (nice 10) its turn for a long
+  while; yielding every 100 µs at concurrency 64 left it a third of the CPU it needs, and it
+  dropped 16,000 rows in 4 s (breast-cancer-ann), none without the yields.
 - **The writer is behind**: the oldest row of a commit waited more than 0.1 s (until it is
-  back under 0.05 s), e.g. while pruning a log at its bound doubles its work.
+  back under 0.05 s), e.g. while pruning a log at its bound doubles its work: bursts of
+  500 µs. Measured (fashion-cnn-int8, concurrency 1, a log at a 64 MB bound): p99 2.3-3.2 ms
+  never pausing when behind, 1.9-2.0 ms with 1 ms bursts, 1.8 ms with 500 µs, 1.9-2.1 ms
+  with 250 µs (0.5-0.65 ms log off).
 
 Tried and not kept: sleeping 50 µs instead of yielding (a yield lets a woken request in only
 while the service has not had more than its share of the core; a sleep always does): at
@@ -32,8 +35,8 @@ import time
 from collections.abc import Sequence
 from itertools import pairwise
 
-#: Work between two pauses, seconds.
-BURST_S = 100e-6
+#: Work between two pauses, seconds; while behind, longer.
+BURST_S, BEHIND_BURST_S = 100e-6, 500e-6
 #: Behind when the oldest row committed waited longer than this; caught up below the second.
 BEHIND_S, CAUGHT_UP_S = 0.1, 0.05
 #: Saturated when inference runs averaged more rows than this over the last window (s).
@@ -70,20 +73,14 @@ class Pacer:
         elif seconds < CAUGHT_UP_S:
             self.behind = False
 
-    @property
-    def hurried(self) -> bool:
-        """Behind, or serving a saturated service: see the module docstring."""
-        return self.behind or self.saturated
-
     def pause(self) -> None:
         """Between two steps of work: see the module docstring."""
         now = time.monotonic()
-        if now - self._started < BURST_S:
-            return
         if now - self._measured >= WINDOW_S:
             self.saturated = self._runs > 0 and self._rows > QUEUED_ROWS * self._runs
             self._rows = self._runs = 0
             self._measured = now
-        if not self.hurried:
-            os.sched_yield()
+        if self.saturated or now - self._started < (BEHIND_BURST_S if self.behind else BURST_S):
+            return
+        os.sched_yield()
         self._started = time.monotonic()

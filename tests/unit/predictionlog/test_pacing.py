@@ -1,6 +1,6 @@
 """The writer's pacing (``predictionlog.pacing``): it offers the CPU between bursts of
-100 µs while the service is not saturated, and works through when the service's batcher
-merges requests (they queue anyway) or when it is behind."""
+100 µs while the service is not saturated, in bursts of 500 µs while it is behind, and works
+through when the service's batcher merges requests (they queue anyway)."""
 
 from __future__ import annotations
 
@@ -48,27 +48,31 @@ def test_the_writer_yields_between_bursts_while_requests_come_one_per_run(
     assert not pacer.saturated and len(yields) == 2
 
 
-def test_a_saturated_service_or_a_writer_behind_gets_no_pauses(
+def test_a_saturated_service_gets_no_pauses_and_a_writer_behind_longer_bursts(
     clock: list[float], yields: list[int]
 ) -> None:
     pacer = Pacer()
     pacer.ran(64 * 30, 64)  # 30 rows per inference run: the batcher merges queued requests
     clock[0] += pacing.WINDOW_S
     burst(pacer, clock)
-    assert pacer.saturated and pacer.hurried and yields == []
+    burst(pacer, clock, 10 * pacing.BEHIND_BURST_S)
+    assert pacer.saturated and yields == []
     pacer.ran(30, 30)  # the next half second: one request per run again
     clock[0] += pacing.WINDOW_S
     burst(pacer, clock)
     assert not pacer.saturated and len(yields) == 1
-    pacer.lag(0.5)  # the oldest row of a commit waited half a second
-    burst(pacer, clock)
+    pacer.lag(0.5)  # the oldest row of a commit waited half a second: bursts of 500 µs
+    burst(pacer, clock)  # 200 µs
+    burst(pacer, clock)  # 400 µs
     assert pacer.behind and len(yields) == 1
+    burst(pacer, clock)  # 600 µs
+    assert len(yields) == 2
     pacer.lag(0.07)  # between the marks: still catching up
     burst(pacer, clock)
-    assert pacer.hurried and len(yields) == 1
+    assert pacer.behind and len(yields) == 2
     pacer.lag(0.02)
     burst(pacer, clock)
-    assert not pacer.hurried and len(yields) == 2
+    assert not pacer.behind and len(yields) == 3
 
 
 def test_runs_are_counted_from_the_rows_times() -> None:

@@ -6,9 +6,8 @@ version, time, ids, predicted labels, array shapes) and the raw little-endian fl
 of the inputs and outputs, as they came out of onnxruntime; with tracing on, the head also
 lists each row's trace id (``traces``; absent otherwise). The service gathers the inference
 runs of a few milliseconds into one message (:func:`merge`): then each row's own time is in
-``times``. No
-pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and nothing it reads
-can run code.
+``times``. No pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and
+nothing it reads can run code.
 
 A connection first says what it is for, in one byte: ``D`` (it sends batches; the writer
 reads it every few milliseconds) or ``C`` (it asks). Questions are one byte: ``F`` (commit

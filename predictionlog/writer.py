@@ -268,8 +268,7 @@ class Writer:
         self.pacer.lag(time.time() - rows[0][1])  # the oldest row's age
         self._make_room(len(rows), incoming)
         try:
-            pause = None if self.pacer.saturated else self._pause
-            self.store.write_rows(rows, pause=pause, chunk=INSERT_CHUNK)
+            self.store.write_rows(rows, pause=self._pause, chunk=INSERT_CHUNK)
         except Exception as exc:
             self.counts.add("dropped", len(rows))
             self.drifts.written(False)  # rows not written do not count for drift either

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nice",
         type=int,
-        default=10,
-        help="scheduling niceness added (default 10): on a busy core the service's requests "
-        "go first; the writer still gets a tenth of the core, above its need at the service's "
-        "full single-sample rate",
+        default=5,
+        help="scheduling niceness added (default 5): on a busy core the service's requests "
+        "go first; the writer still gets a quarter of the core when it needs it (at nice 10, "
+        "a tenth: pruning a full log at concurrency 64 it dropped 45 %% of fashion-cnn's rows)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")

@@ -22,6 +22,8 @@ PSI_EPSILON = 1e-4  # keeps empty bins from making PSI infinite
 #: for good: every version published since the writer started, 0.2-0.5 MB each).
 KEEP_NEWEST = 2
 IDLE_S = 60.0
+#: Features binned between two pauses (see :class:`Drift`).
+FEATURES_PER_STEP = 24
 
 
 class Drift:
@@ -29,7 +31,10 @@ class Drift:
     deciles saved in model.json (``baseline``). Sequence inputs count every time step.
 
     The window is a ring of the last ``window`` rows' bin indices; counts are updated with one
-    ``bincount`` per batch of rows, never row by row."""
+    ``bincount`` per batch of rows, never row by row. Binning is one ``searchsorted`` per
+    feature (about 2 µs each, whatever the rows); :meth:`add` offers its ``pause`` after every
+    :data:`FEATURES_PER_STEP` of them, so a wide input (co2-lstm: 104 features, 200 µs a
+    batch) takes no longer between pauses than a narrow one."""
 
     @staticmethod
     def applies(card: ModelCard) -> bool:
@@ -53,15 +58,13 @@ class Drift:
         counts = np.bincount(flat, minlength=self.counts.size)
         return counts.reshape(self.counts.shape)
 
-    def add(self, inputs: np.ndarray) -> None:
+    def add(self, inputs: np.ndarray, pause: Callable[[], object] | None = None) -> None:
         rows = inputs.reshape(-1, len(self.names))[-len(self.ring) :]
-        bins = np.stack(
-            [
-                np.searchsorted(edges, rows[:, f], side="right")
-                for f, edges in enumerate(self.edges)
-            ],
-            axis=1,
-        )
+        bins = np.empty(rows.shape, dtype=np.int64)
+        for f, edges in enumerate(self.edges):
+            bins[:, f] = np.searchsorted(edges, rows[:, f], side="right")
+            if pause is not None and f % FEATURES_PER_STEP == FEATURES_PER_STEP - 1:
+                pause()
         n = len(bins)
         with self.lock:
             slots = (self.next + np.arange(n)) % len(self.ring)
@@ -127,7 +130,7 @@ class Drifts:
                 part.append(x.reshape(-1, width))
                 size += len(part[-1])
                 if size >= chunk or x is inputs[-1]:
-                    tracker.add(np.concatenate(part))
+                    tracker.add(np.concatenate(part), pause)
                     part, size = [], 0
                     pause()
 

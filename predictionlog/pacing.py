@@ -2,21 +2,28 @@
 request never waits long for it, and on a saturated service it still keeps up.
 
 The writer calls :meth:`Pacer.pause` between small steps of work (a message read, 8 rows
-inserted, 128 rows of drift, one retention step); once its steps since the last pause (or
+inserted or pruned, 24 features of drift, a commit); once its steps since the last pause (or
 since it woke) took ``BURST_S`` (100 µs), the pacer offers the CPU with ``sched_yield``, so a
 request that arrived meanwhile waits at most about one burst. Two exceptions:
 
 - **The service is saturated**: its batcher merged more than two rows per inference run
   over the last half second, i.e. requests queue anyway, and they wait for the CPU whoever
   holds it. The writer works through without pausing and commits each transaction in one
-  go: under Linux's EEVDF scheduler every yield costs it (nice 10) its turn for a long
-  while; yielding every 100 µs at concurrency 64 left it a third of the CPU it needs, and it
-  dropped 16,000 rows in 4 s (breast-cancer-ann), none without the yields.
-- **The writer is behind**: the oldest row of a commit waited more than 0.1 s (until it is
+  go: under Linux's EEVDF scheduler every yield costs it its turn for a long while; yielding
+  every 100 µs at concurrency 64 left it (then at nice 10) a third of the CPU it needs, and
+  it dropped 16,000 rows in 4 s (breast-cancer-ann), none without the yields.
+- **The writer is behind**: the oldest row of a commit waited more than 0.25 s (until it is
   back under 0.05 s), e.g. while pruning a log at its bound doubles its work: bursts of
-  500 µs. Measured (fashion-cnn-int8, concurrency 1, a log at a 64 MB bound): p99 2.3-3.2 ms
-  never pausing when behind, 1.9-2.0 ms with 1 ms bursts, 1.8 ms with 500 µs, 1.9-2.1 ms
-  with 250 µs (0.5-0.65 ms log off).
+  250 µs. Measured (fashion-cnn-int8, concurrency 1, a log at a 64 MB bound, 16 KB pages):
+  with 100 µs bursts throughout the writer fell behind and dropped 3,700-4,400 rows in 12 s
+  (p99 1.1-1.3 ms); 250 µs bursts drop none (1.3-1.5 ms); 500 µs, none (1.4-1.6 ms). On a
+  log below its bound this mode should not start: with 500 µs bursts from 0.1 s, p99 at
+  concurrency 1 was 0.69-0.79 ms (breast-cancer-ann) and 0.81-0.86 ms (vowels-lstm); with
+  250 µs from 0.25 s, 0.51-0.59 and 0.66-0.68 ms (log off: 0.28-0.38, 0.34-0.40 ms). Why
+  it started (``perf sched``): at concurrency 1 the service never sleeps (the next request
+  is there before the response is out), so a writer that yields runs again only at the next
+  tick (4 ms) or its own next wakeup: 100 µs a tick is 2.5 % of the core, short of the 5 %
+  a writer needs at the full single-sample rate, and a lag of 0.1 s builds up in seconds.
 
 Tried and not kept: sleeping 50 µs instead of yielding (a yield lets a woken request in only
 while the service has not had more than its share of the core; a sleep always does): at
@@ -25,7 +32,11 @@ concurrency 1 on a fresh log p99 was alike (0.71-0.89 ms vs 0.61-0.67 ms with yi
 doubled (cache refills after every sleep: 42 vs 24 µs per fashion-cnn-int8 row) and p99 was
 3.0-3.2 ms vs 1.8 ms. Telling a saturated service by the CPUs' idle time (/proc/stat): a
 writer pruning a full log at concurrency 1 saturates the core itself, and then it stopped
-pausing (p99 3.2-3.3 ms).
+pausing (p99 3.2-3.3 ms). Again with 16 KB pages (same test, int8 at its bound): sleeping
+200-300 µs after 50-100 µs bursts (writer CPU per row 35 -> 55 µs, p99 1.1 ms, throughput
+-10 %); the writer under SCHED_IDLE (at concurrency 1 the core has no idle time: it got 3-7
+µs a request of the 35 it needs and dropped nine rows in ten); an EEVDF slice of 100 µs for
+the writer (``sched_setattr``), with or without yields: p99 unchanged.
 """
 
 from __future__ import annotations
@@ -36,9 +47,9 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 #: Work between two pauses, seconds; while behind, longer.
-BURST_S, BEHIND_BURST_S = 100e-6, 500e-6
+BURST_S, BEHIND_BURST_S = 100e-6, 250e-6
 #: Behind when the oldest row committed waited longer than this; caught up below the second.
-BEHIND_S, CAUGHT_UP_S = 0.1, 0.05
+BEHIND_S, CAUGHT_UP_S = 0.25, 0.05
 #: Saturated when inference runs averaged more rows than this over the last window (s).
 QUEUED_ROWS, WINDOW_S = 2.0, 0.5
 

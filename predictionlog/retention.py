@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,9 +34,11 @@ class Usage:
 class Prunable(Protocol):
     def usage(self) -> Usage: ...
 
-    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+    def prune_oldest(
+        self, n: int, older_than: float | None = None, pause: Callable[[], object] | None = None
+    ) -> int:
         """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
-        and their feedback; the number removed."""
+        and their feedback; the number removed. ``pause``: called between small chunks."""
         ...
 
     def reclaim(self, keep: int = 0) -> None:
@@ -49,8 +52,8 @@ class Retention:
     max_age_s: float | None = 7 * 24 * 3600.0
     max_rows: int | None = None
     max_bytes: int | None = 1 << 30
-    #: rows removed per step at most: a step is one DELETE that nothing interrupts (64 image
-    #: rows of 4 KB: about 1 ms here; the writer offers the CPU between steps)
+    #: rows removed per step at most: one transaction (the writer hands it its pause: it
+    #: offers the CPU every few rows, see ``SQLStore.prune_oldest``)
     batch: int = 64
     high: float = 0.95
     low: float = 0.85
@@ -67,9 +70,16 @@ class Retention:
             parts.append(f"{self.max_bytes / 1e6:g} MB")
         return ", ".join(parts) or "no bound"
 
-    def step(self, store: Prunable, usage: Usage | None = None, now: float | None = None) -> int:
+    def step(
+        self,
+        store: Prunable,
+        usage: Usage | None = None,
+        now: float | None = None,
+        pause: Callable[[], object] | None = None,
+    ) -> int:
         """One bounded pruning step; the rows removed (0 when every bound holds). ``usage``:
-        the store's figures if the caller keeps them (measuring can be slow), else measured."""
+        the store's figures if the caller keeps them (measuring can be slow), else measured;
+        ``pause``: handed to the store, called between small chunks of deletes."""
         usage = store.usage() if usage is None else usage
         if usage.rows == 0:
             return 0
@@ -87,18 +97,25 @@ class Retention:
                 excess = max(excess, math.ceil((usage.bytes - target) / per_row))
         removed = 0
         if excess > 0:
-            removed += store.prune_oldest(min(excess, self.batch))
+            removed += store.prune_oldest(min(excess, self.batch), pause=pause)
             if excess <= self.batch:
                 self.draining = False  # this step took what the estimate said was over
         if self.max_age_s is not None and removed < self.batch:
             cutoff = (time.time() if now is None else now) - self.max_age_s
             if usage.oldest is not None and usage.oldest < cutoff:
-                removed += store.prune_oldest(self.batch - removed, older_than=cutoff)
+                removed += store.prune_oldest(self.batch - removed, cutoff, pause)
         if removed:
             store.reclaim(self.slack())
         return removed
 
-    def make_room(self, store: Prunable, usage: Usage, rows: int, nbytes: int) -> int:
+    def make_room(
+        self,
+        store: Prunable,
+        usage: Usage,
+        rows: int,
+        nbytes: int,
+        pause: Callable[[], object] | None = None,
+    ) -> int:
         """Before a commit of ``rows`` rows taking ``nbytes``: remove the oldest predictions
         that the commit would take past the row or byte bound itself (at most eight steps'
         worth); the rows removed. Rarely needed: :meth:`step` keeps the log below the high
@@ -113,7 +130,7 @@ class Retention:
             excess = max(excess, math.ceil((usage.bytes + nbytes - self.max_bytes) / per_row))
         if excess <= 0:
             return 0
-        removed = store.prune_oldest(min(excess, 8 * self.batch))
+        removed = store.prune_oldest(min(excess, 8 * self.batch), pause=pause)
         if removed:
             store.reclaim(self.slack())
         return removed

@@ -223,9 +223,16 @@ class SQLStore:
             ).fetchone()
             return Usage(rows, self._live_bytes(conn, rows), None if oldest is None else oldest[0])
 
-    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+    def prune_oldest(
+        self,
+        n: int,
+        older_than: float | None = None,
+        pause: Callable[[], object] | None = None,
+        chunk: int = 8,
+    ) -> int:
         """Remove up to ``n`` oldest predictions (in insertion order; those before
-        ``older_than`` only, if set) with their feedback, in one transaction."""
+        ``older_than`` only, if set) with their feedback, in one transaction. With ``pause``,
+        in chunks of ``chunk`` predictions with a call between them (as ``write_rows``)."""
         if n <= 0:
             return 0
         with self._transaction() as conn:
@@ -237,20 +244,23 @@ class SQLStore:
             ).fetchall()
             if older_than is not None:  # stop at the first newer one (a clock may step back)
                 oldest = list(itertools.takewhile(lambda row: row[1] < older_than, oldest))
-            if not oldest:
-                return 0
-            last = oldest[-1][0]
-            for table in ("feedback", "actuals"):
-                conn.execute(
-                    self._sql(
-                        f"DELETE FROM {table} WHERE id IN "
-                        f"(SELECT id FROM predictions WHERE {self.order} <= ?)"
-                    ),
-                    (last,),
-                )
-            removed = conn.execute(
-                self._sql(f"DELETE FROM predictions WHERE {self.order} <= ?"), (last,)
-            ).rowcount
+            step = chunk if pause is not None else max(1, len(oldest))
+            removed = 0
+            for end in range(step, len(oldest) + step, step):
+                last = oldest[min(end, len(oldest)) - 1][0]  # those before went in earlier chunks
+                for table in ("feedback", "actuals"):
+                    conn.execute(
+                        self._sql(
+                            f"DELETE FROM {table} WHERE id IN "
+                            f"(SELECT id FROM predictions WHERE {self.order} <= ?)"
+                        ),
+                        (last,),
+                    )
+                removed += conn.execute(
+                    self._sql(f"DELETE FROM predictions WHERE {self.order} <= ?"), (last,)
+                ).rowcount
+                if pause is not None:
+                    pause()
         return int(removed)
 
     def reclaim(self, keep: int = 0) -> None:

@@ -42,9 +42,12 @@ class Store(Protocol):
         """Rows, bytes (what the retention bound counts) and the oldest prediction's time."""
         ...
 
-    def prune_oldest(self, n: int, older_than: float | None = None) -> int:
+    def prune_oldest(
+        self, n: int, older_than: float | None = None, pause: Callable[[], object] | None = None
+    ) -> int:
         """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
-        with their feedback; the number removed."""
+        with their feedback, in one transaction; the number removed. ``pause`` is called
+        between chunks of a few predictions."""
         ...
 
     def reclaim(self, keep: int = 0) -> None:

@@ -312,7 +312,9 @@ class Writer:
         if self.retention is None:
             return
         try:
-            removed = self.retention.make_room(self.store, self.usage, rows, incoming)
+            removed = self.retention.make_room(
+                self.store, self.usage, rows, incoming, pause=self._pause
+            )
         except Exception as exc:
             log.error("pruning the prediction log failed: %s", exc)
             return
@@ -323,7 +325,7 @@ class Writer:
     def _prune_step(self) -> int:
         """One retention step on the store's figures; the rows removed."""
         assert self.retention is not None
-        removed = self.retention.step(self.store, self.usage)
+        removed = self.retention.step(self.store, self.usage, pause=self._pause)
         if removed > 0:
             self.counts.add("pruned", removed)
             self._grew(-removed, -self._bytes_of_rows(removed))

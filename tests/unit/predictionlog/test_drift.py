@@ -46,3 +46,17 @@ def test_sequences_count_every_time_step() -> None:
     drift.add(np.zeros((20, 12), dtype=np.float32))
     drift.add(np.zeros((40, 12), dtype=np.float32))
     assert drift.counts.sum(axis=1).tolist() == [50] * 12
+
+
+def test_a_wide_input_offers_pauses_while_it_is_binned() -> None:
+    """co2-lstm's 104 features: a pause after every 24 features binned, the same counts."""
+    card = read_card(MODELS / "co2-lstm" / "1")
+    rows = np.random.default_rng(0).normal(330, 30, size=(40, 104)).astype(np.float32)
+    paused, plain = Drift(card, window=100), Drift(card, window=100)
+    pauses: list[int] = []
+    paused.add(rows, lambda: pauses.append(1))
+    plain.add(rows)
+    assert len(pauses) == 104 // 24
+    np.testing.assert_array_equal(paused.counts, plain.counts)
+    np.testing.assert_array_equal(paused.ring, plain.ring)
+    assert paused.counts.sum() == 40 * 104

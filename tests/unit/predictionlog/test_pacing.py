@@ -1,5 +1,5 @@
 """The writer's pacing (``predictionlog.pacing``): it offers the CPU between bursts of
-100 µs while the service is not saturated, in bursts of 500 µs while it is behind, and works
+100 µs while the service is not saturated, in bursts of 250 µs while it is behind, and works
 through when the service's batcher merges requests (they queue anyway)."""
 
 from __future__ import annotations
@@ -61,14 +61,15 @@ def test_a_saturated_service_gets_no_pauses_and_a_writer_behind_longer_bursts(
     clock[0] += pacing.WINDOW_S
     burst(pacer, clock)
     assert not pacer.saturated and len(yields) == 1
-    pacer.lag(0.5)  # the oldest row of a commit waited half a second: bursts of 500 µs
-    burst(pacer, clock)  # 200 µs
-    burst(pacer, clock)  # 400 µs
+    pacer.lag(0.2)  # a commit's oldest row waited 0.2 s: not yet behind (0.25 s)
+    assert not pacer.behind
+    pacer.lag(0.5)  # half a second: behind, bursts of 250 µs
+    burst(pacer, clock, 0.8 * pacing.BEHIND_BURST_S)
     assert pacer.behind and len(yields) == 1
-    burst(pacer, clock)  # 600 µs
+    burst(pacer, clock, 0.4 * pacing.BEHIND_BURST_S)
     assert len(yields) == 2
     pacer.lag(0.07)  # between the marks: still catching up
-    burst(pacer, clock)
+    burst(pacer, clock, 0.8 * pacing.BEHIND_BURST_S)
     assert pacer.behind and len(yields) == 2
     pacer.lag(0.02)
     burst(pacer, clock)

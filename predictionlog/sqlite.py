@@ -49,6 +49,10 @@ BUSY_TIMEOUT = 30.0
 COUNT_SQL = "SELECT (SELECT min(rowid) FROM predictions), (SELECT max(rowid) FROM predictions)"
 #: The page size of a new file (bytes; see the module docstring).
 PAGE_SIZE = 16384
+#: Each connection's page cache (KiB; SQLite's default here is 2 MB, 125 pages of 16 KB):
+#: the b-tree pages at both ends of a large log, where rows are added and pruned, stay in it
+#: (a log at a 400 MB bound: 19 -> 16 µs per image row written and pruned).
+CACHE_KIB = 16384
 #: WAL bytes between automatic checkpoints (each copies them into the file in one go: 1 MB
 #: is about 0.6 ms here, 4 MB 2.5 ms, a stretch no pause splits; fashion-cnn-int8 at
 #: concurrency 1 against a full log: p99 1.1 ms vs 1.3-1.5 ms), and the size the WAL is
@@ -108,6 +112,7 @@ class SQLiteStore(SQLStore):
                 logger.warning("SQLite prediction log %s is in %s mode, not WAL", self.path, mode)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA secure_delete=FAST")
+            self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             page = self._conn.execute("PRAGMA page_size").fetchone()[0]
             self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // page}")
             self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")

@@ -267,6 +267,9 @@ class SQLStore:
         """Give freed space back beyond ``keep`` bytes; engines that reuse it by themselves
         need nothing."""
 
+    def saturated(self, busy: bool) -> None:
+        """A hint only SQLite uses (its checkpoints)."""
+
     def __enter__(self) -> Self:
         return self
 

@@ -55,6 +55,11 @@ class Store(Protocol):
         (SQLite: incremental vacuum)."""
         ...
 
+    def saturated(self, busy: bool) -> None:
+        """The writer's hint: requests queue anyway (``pacing``), so a long uninterrupted
+        step costs none of them a wait (SQLite checkpoints its WAL in larger steps)."""
+        ...
+
     def get_prediction(self, id: str) -> Prediction | None:
         """The prediction logged under ``id``, or None."""
         ...

@@ -96,6 +96,7 @@ class Writer:
         self.counts = counters or Counters()
         self.rows_received = 0
         self.pacer = pacer or Pacer()
+        self.saturated = False  # what the store was last told (``Store.saturated``)
 
         self.next_drift = 0.0
         #: The store's figures: measured every ``prune_interval``, kept up to date in between
@@ -266,6 +267,9 @@ class Writer:
         rows, self.pending = self.pending, []
         incoming = self._bytes_of(rows)
         self.pacer.lag(time.time() - rows[0][1])  # the oldest row's age
+        if self.pacer.saturated != self.saturated:
+            self.saturated = self.pacer.saturated
+            self.store.saturated(self.saturated)
         self._make_room(len(rows), incoming)
         try:
             self.store.write_rows(rows, pause=self._pause, chunk=INSERT_CHUNK)

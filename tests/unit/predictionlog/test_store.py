@@ -648,3 +648,17 @@ def test_measuring_a_sqlite_log_reads_its_two_ends_not_every_row(sqlite_path: Pa
                 conn.set_progress_handler(None, 0)
             steps[total] = count[0]
     assert max(steps.values()) < 20, steps  # a scan of 5,000 rows: about 3,500
+
+
+def test_sqlite_checkpoints_in_larger_steps_while_the_service_is_saturated(
+    sqlite_path: Path,
+) -> None:
+    """1 MB of WAL per checkpoint normally (each is one uninterrupted copy), 4 MB when the
+    writer says requests queue anyway (each checkpoint waits for two fsyncs)."""
+    with SQLiteStore(sqlite_path) as store:
+        pages = store._conn.execute  # type: ignore[union-attr]
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 16384
+        store.saturated(True)
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (4 << 20) // 16384
+        store.saturated(False)
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 16384

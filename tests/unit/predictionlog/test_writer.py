@@ -369,3 +369,28 @@ def test_totals_kept_in_a_file_continue_in_the_next_writer(tmp_path: Path) -> No
     again.add("written", 1)
     assert again.as_dict() == {"written": 8, "dropped": 2, "pruned": 0, "malformed": 0}
     assert Counters().as_dict()["written"] == 0  # without a file: in memory, from zero
+
+
+def test_the_writer_tells_its_store_when_the_service_is_saturated(tmp_path: Path) -> None:
+    """At a commit, once per change (SQLite then checkpoints in larger steps)."""
+    import socket
+
+    from predictionlog.pacing import Pacer
+    from predictionlog.writer import Writer
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "writer.sock"))
+    listener.listen()
+    pacer = Pacer()
+    with open_store(tmp_path / "log.db") as store, closing(listener):
+        told: list[bool] = []
+        tell = store.saturated
+        store.saturated = lambda busy: (told.append(busy), tell(busy))  # type: ignore[method-assign]
+        writer = Writer(store, listener, pacer=pacer)
+        for prefix, busy in (("a", False), ("b", True), ("c", True), ("d", False)):
+            pacer.saturated = busy
+            writer.pending = list(batch(prefix).rows())
+            writer._commit()
+        assert told == [True, False] and store.count_predictions() == 12
+        for end in (writer._wake_read, writer._wake_write, writer.selector):
+            end.close()

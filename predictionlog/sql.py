@@ -244,10 +244,10 @@ class SQLStore:
             ).fetchall()
             if older_than is not None:  # stop at the first newer one (a clock may step back)
                 oldest = list(itertools.takewhile(lambda row: row[1] < older_than, oldest))
-            step = chunk if pause is not None else max(1, len(oldest))
+            step = chunk if pause is not None else len(oldest) or 1
             removed = 0
-            for end in range(step, len(oldest) + step, step):
-                last = oldest[min(end, len(oldest)) - 1][0]  # those before went in earlier chunks
+            for start in range(0, len(oldest), step):
+                last = oldest[start : start + step][-1][0]  # those before went in earlier chunks
                 for table in ("feedback", "actuals"):
                     conn.execute(
                         self._sql(

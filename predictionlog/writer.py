@@ -33,8 +33,9 @@ import orjson
 from predictionlog.counters import Counters
 from predictionlog.drift import Drifts
 from predictionlog.pacing import Pacer, runs
+from predictionlog.pruner import Pruner
 from predictionlog.records import Row
-from predictionlog.retention import Retention, Usage
+from predictionlog.retention import Retention
 from predictionlog.store import Store
 from predictionlog.wire import (
     BATCH,
@@ -55,8 +56,6 @@ INSERT_CHUNK = 8
 DRIFT_EVERY = 0.5
 #: ... in chunks of this many rows (time steps for sequences): below 100 µs each.
 DRIFT_CHUNK = 128
-#: Retention steps per pruning turn (each at most ``Retention.batch`` rows).
-PRUNE_STEPS = 8
 
 
 class Writer:
@@ -78,7 +77,6 @@ class Writer:
     ) -> None:
         self.store = store
         self.listener = listener
-        self.retention = retention
         self.linger = linger
         self.poll = poll
         self.batch_rows = batch_rows
@@ -99,9 +97,8 @@ class Writer:
         self.saturated = False  # what the store was last told (``Store.saturated``)
 
         self.next_drift = 0.0
-        #: The store's figures: measured every ``prune_interval``, kept up to date in between
-        #: from what is committed and pruned (measuring can take a while on a large log).
-        self.usage = Usage(0, 0, None)
+        #: The store's figures (measured every ``prune_interval``) and its retention
+        self.pruner = Pruner(store, retention, self.counts, self._pause)
         self.next_measure = self.next_prune = 0.0
         self.stopping = False
         # a signal wakes the loop at once (its handler only sets ``stopping``)
@@ -135,7 +132,7 @@ class Writer:
                 self._commit()
                 self._prune()
             if now >= self.next_measure:
-                self._measure()
+                self.pruner.measure()
                 self.next_measure = now + max(self.prune_interval, self.store.measure_every)
             if now >= self.next_prune:  # the age bound moves with the clock
                 self._prune()
@@ -265,12 +262,12 @@ class Writer:
         if not self.pending:
             return
         rows, self.pending = self.pending, []
-        incoming = self._bytes_of(rows)
+        incoming = self.pruner.bytes_of(rows)
         self.pacer.lag(time.time() - rows[0][1])  # the oldest row's age
         if self.pacer.saturated != self.saturated:
             self.saturated = self.pacer.saturated
             self.store.saturated(self.saturated)
-        self._make_room(len(rows), incoming)
+        self.pruner.make_room(len(rows), incoming)
         try:
             self.store.write_rows(rows, pause=self._pause, chunk=INSERT_CHUNK)
         except Exception as exc:
@@ -281,7 +278,7 @@ class Writer:
         self._pause()
         self.drifts.written(True)
         self.counts.add("written", len(rows))
-        self._grew(len(rows), incoming)
+        self.pruner.grew(len(rows), incoming)
         if time.monotonic() >= self.next_drift:  # vectorized over many commits' rows
             self._drift_now()
 
@@ -294,77 +291,17 @@ class Writer:
         self._pause()
 
     def _prune(self) -> None:
-        """A few retention steps (at most :data:`PRUNE_STEPS`, each offering the CPU after
-        it), then back to reading and committing: a full log is pruned a little after every
-        commit and every ``prune_interval`` until its bounds hold, never in one long burst
-        (a burst of a tenth of a 1 GB log is seconds of deletes)."""
-        if self.retention is None:
-            return
-        try:
-            for _ in range(PRUNE_STEPS):
-                if self._prune_step() <= 0:
-                    break
-                self._pause()
-                if self.pending or self.selector.select(0):
-                    break
-        except Exception as exc:
-            log.error("pruning the prediction log failed: %s", exc)
-
-    def _make_room(self, rows: int, incoming: int) -> None:
-        """Before a commit that would take the log past a bound: prune first, so that the
-        store never holds more than its bound (see ``Retention.make_room``)."""
-        if self.retention is None:
-            return
-        try:
-            removed = self.retention.make_room(
-                self.store, self.usage, rows, incoming, pause=self._pause
-            )
-        except Exception as exc:
-            log.error("pruning the prediction log failed: %s", exc)
-            return
-        if removed > 0:
-            self.counts.add("pruned", removed)
-            self._grew(-removed, -self._bytes_of_rows(removed))
-
-    def _prune_step(self) -> int:
-        """One retention step on the store's figures; the rows removed."""
-        assert self.retention is not None
-        removed = self.retention.step(self.store, self.usage, pause=self._pause)
-        if removed > 0:
-            self.counts.add("pruned", removed)
-            self._grew(-removed, -self._bytes_of_rows(removed))
-        return removed
-
-    def _bytes_of(self, rows: list[Row]) -> int:
-        """What ``rows`` add to the store: at the measured mean per row, or until there is
-        one, their blobs and id plus what a row costs besides."""
-        if self.usage.rows:
-            return self._bytes_of_rows(len(rows))
-        return sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows)
-
-    def _bytes_of_rows(self, n: int) -> int:
-        usage = self.usage
-        return int(n * usage.bytes / usage.rows) if usage.rows else 0
-
-    def _grew(self, rows: int, grown: int) -> None:
-        """Keep the figures current between measurements."""
-        usage = self.usage
-        total = max(0, usage.rows + rows)
-        self.usage = Usage(total, max(0, usage.bytes + grown) if total else 0, usage.oldest)
-
-    def _measure(self) -> None:
-        try:
-            self.usage = self.store.usage()
-        except Exception as exc:
-            log.error("measuring the prediction log failed: %s", exc)
+        self.pruner.prune(lambda: bool(self.pending or self.selector.select(0)))
 
     def stats(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             **self.counts.as_dict(),
-            "rows": self.usage.rows,
-            "bytes": self.usage.bytes,
-            "oldest": self.usage.oldest,
-            "retention": self.retention.describe() if self.retention else "no bound",
+            "rows": self.pruner.usage.rows,
+            "bytes": self.pruner.usage.bytes,
+            "oldest": self.pruner.usage.oldest,
+            "retention": retention.describe()
+            if (retention := self.pruner.retention)
+            else "no bound",
             "drift": self.drifts.figures(),
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +88,11 @@ class Drift:
         yield from zip(self.names, values.tolist(), strict=True)
 
 
+def _steps(inputs: np.ndarray) -> int:
+    """What a drift window counts in ``inputs``: rows, or every time step of sequences."""
+    return inputs.size // inputs.shape[-1] if inputs.ndim > 1 and inputs.shape[-1] else len(inputs)
+
+
 class Drifts:
     """The writer's drift bookkeeping: the inputs of the rows pending and of those committed
     since the last update, and one :class:`Drift` per model version whose card has a
@@ -96,7 +102,9 @@ class Drifts:
         self.repository = repository
         self.window = window
         self.pending: dict[tuple[str, int], list[np.ndarray]] = {}
-        self.committed: dict[tuple[str, int], list[np.ndarray]] = {}
+        #: inputs committed since the last update (the newest ``window`` steps, or a few more)
+        self.committed: dict[tuple[str, int], deque[np.ndarray]] = {}
+        self.steps: dict[tuple[str, int], int] = {}  # the steps (rows, time steps) in those
         self.trackers: dict[tuple[str, int], Drift | None] = {}
         self.last_seen: dict[tuple[str, int], float] = {}  # monotonic time of its last rows
 
@@ -105,17 +113,28 @@ class Drifts:
         self.last_seen[(model, version)] = time.monotonic()
 
     def written(self, ok: bool) -> None:
-        """The pending rows were committed (or not: then they do not count either)."""
+        """The pending rows were committed (or not: then they do not count either). Of the
+        rows committed since the last update only the newest ``window`` can still be in the
+        window after it, so older ones are let go here, never binned: the figures are the
+        same as if every row had been, for a fraction of the work (breast-cancer-ann at
+        9,000 rows a second: 2,000 rows binned per update instead of 18,000)."""
         if ok:
             for key, inputs in self.pending.items():
-                self.committed.setdefault(key, []).extend(inputs)
+                if self.trackers.get(key, True) is None:
+                    continue  # a version without a baseline: nothing to bin
+                kept = self.committed.setdefault(key, deque())
+                kept.extend(inputs)
+                steps = self.steps.get(key, 0) + sum(_steps(x) for x in inputs)
+                while steps - _steps(kept[0]) >= self.window:
+                    steps -= _steps(kept.popleft())
+                self.steps[key] = steps
         self.pending = {}
 
     def update(self, pause: Callable[[], object], chunk: int) -> None:
         """Drift over the rows committed since the last update, vectorized per version, in
         chunks of ``chunk`` rows with ``pause()`` between them (on a shared core a request
         never waits for a whole update: 2,000 rows of 30 features take about 3 ms)."""
-        committed, self.committed = self.committed, {}
+        committed, self.committed, self.steps = self.committed, {}, {}
         self._forget_idle(time.monotonic())
         for key, inputs in committed.items():
             if key not in self.trackers:
@@ -124,15 +143,10 @@ class Drifts:
             if tracker is None:
                 continue
             width = len(tracker.names)
-            part: list[np.ndarray] = []
-            size = 0
-            for x in inputs:
-                part.append(x.reshape(-1, width))
-                size += len(part[-1])
-                if size >= chunk or x is inputs[-1]:
-                    tracker.add(np.concatenate(part), pause)
-                    part, size = [], 0
-                    pause()
+            rows = np.concatenate([x.reshape(-1, width) for x in inputs])[-self.window :]
+            for start in range(0, len(rows), chunk):
+                tracker.add(rows[start : start + chunk], pause)
+                pause()
 
     def _forget_idle(self, now: float) -> None:
         """Drop the trackers of versions retired meanwhile (see :data:`IDLE_S`)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from modelrepo import read_card
-from predictionlog.drift import PSI_EPSILON, Drift
+from predictionlog.drift import PSI_EPSILON, Drift, Drifts
 from tests.support.paths import MODELS
 
 
@@ -60,3 +60,37 @@ def test_a_wide_input_offers_pauses_while_it_is_binned() -> None:
     np.testing.assert_array_equal(paused.counts, plain.counts)
     np.testing.assert_array_equal(paused.ring, plain.ring)
     assert paused.counts.sum() == 40 * 104
+
+
+def test_an_update_bins_only_the_rows_that_stay_in_the_window() -> None:
+    """Rows committed since the last update beyond the newest ``window`` are let go unbinned,
+    and the window is the same as if every row had been binned; rows whose write failed
+    count for nothing; a version without a baseline keeps nothing."""
+    card = read_card(MODELS / "vowels-lstm" / "1")
+    rng = np.random.default_rng(1)
+    drifts = Drifts(MODELS, window=50)
+    reference = Drift(card, window=50)
+    for length in (3, 11, 7, 20, 9, 15, 4):  # sequences: every time step counts
+        batch = rng.normal(size=(2, length, 12)).astype(np.float32)
+        drifts.observe("vowels-lstm", 1, batch)
+        drifts.written(True)
+        reference.add(batch)
+    drifts.observe("vowels-lstm", 1, np.full((1, 30, 12), 99, dtype=np.float32))
+    drifts.written(False)  # not written: not counted
+    drifts.observe("fashion-cnn", 1, np.zeros((5, 28, 28), dtype=np.float32))
+    drifts.written(True)
+    held = drifts.committed[("vowels-lstm", 1)]
+    # the oldest batches went; what is left covers the window with less than a batch over
+    assert 50 <= sum(x.size // 12 for x in held) < 50 + 2 * 20
+    assert len(held) < 7
+
+    binned: list[int] = []
+    drifts.update(lambda: binned.append(1), chunk=128)
+    tracker = drifts.trackers[("vowels-lstm", 1)]
+    assert tracker is not None
+    np.testing.assert_array_equal(tracker.counts, reference.counts)
+    assert tracker.counts.sum(axis=1).tolist() == [50] * 12
+    assert drifts.trackers[("fashion-cnn", 1)] is None  # no baseline for images
+    drifts.observe("fashion-cnn", 1, np.zeros((5, 28, 28), dtype=np.float32))
+    drifts.written(True)
+    assert ("fashion-cnn", 1) not in drifts.committed

@@ -1,13 +1,15 @@
 """nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
 
     python -m bench.run [--duration 5] [--models ...] [--quick] [--prediction-log both|on|off]
+                        [--log-start near-bound|empty]
 
 1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
 2. the service's own JSON decode + encode, in-process (v1 and v2);
 3. the service (`python -m service`) pinned to core 0 with `taskset`, and wrk pinned to core 1,
    for single-sample requests at concurrency 1, 16, 64 through v1 JSON, v2 JSON and v2 binary,
    and 32-sample requests at concurrency 16; once with the prediction log off and once on
-   (sampling 1.0), so its cost (throughput, p99, bytes per prediction) comes from one run.
+   (sampling 1.0), so its cost (throughput, p99, bytes per prediction) comes from one run; the
+   log starts at 90 % of its byte bound, so every log-on run is at its bound.
 
 Every service figure is printed beside its ratio to raw onnxruntime on the same core in the
 same run (samples/s ÷ raw samples/s at the same batch size). Results go to bench/results/ as
@@ -37,11 +39,12 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from bench.logsize import bytes_per_prediction
+from bench.logsize import FILL_FRACTION, bytes_per_prediction, fill
 from modelrepo import MODEL_FILE, scan
 from service.context import RequestContext
 from service.protocol import v1, v2
 from service.runtime.model import ServedModel
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -278,6 +281,13 @@ def main() -> None:
         default="both",
         help="run the service with its prediction log off, then on (default), or one of them",
     )
+    parser.add_argument(
+        "--log-start",
+        choices=["near-bound", "empty"],
+        default="near-bound",
+        help="the prediction log at 90%% of its byte bound before the first run (default: "
+        "the steady state of a service that has run a while), or empty",
+    )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.duration
     for tool in ("wrk", "taskset"):
@@ -299,11 +309,17 @@ def main() -> None:
 
     # Off and on back to back per model (a fair A/B on a machine whose speed drifts), each in
     # a fresh service process: no model's scenarios run in the wake of the previous model's
-    # batch-32 flood. The log's database is kept for the whole run, so it grows as it would.
+    # batch-32 flood. The log's database is kept for the whole run, so it grows as it would;
+    # it starts near its bound, so that every log-on run prunes as it logs (steady state).
     modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
-    stored: dict[str, float] = {}
+    stored: dict[str, tuple[float, float]] = {}
     data = Path(tempfile.mkdtemp(prefix="nnserve-bench-data-"))
     try:
+        if "on" in modes and args.log_start == "near-bound":
+            bound = Settings().prediction_log_max_bytes
+            filled = fill(data / "predictions.db", int(FILL_FRACTION * bound))
+            print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
+                  f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
         for name, model in models.items():
             for mode in modes:
                 served, stored_now = serve(args.repository, {name: model}, raw, seconds, mode, data)
@@ -322,11 +338,11 @@ def serve(
     seconds: float,
     mode: str,
     data: Path,
-) -> tuple[list[Row], dict[str, float]]:
-    """The service scenarios with the prediction log ``mode``; with it on, also the bytes the
-    log grew by per prediction logged, per model."""
+) -> tuple[list[Row], dict[str, tuple[float, float]]]:
+    """The service scenarios with the prediction log ``mode``; with it on, also per model the
+    bytes per prediction logged and the rows retention pruned meanwhile."""
     rows: list[Row] = []
-    stored: dict[str, float] = {}
+    stored: dict[str, tuple[float, float]] = {}
     port = 18000 + os.getpid() % 1000
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
     server = start_server(repository, port, work / "server.log", mode == "on", data)
@@ -369,11 +385,12 @@ def serve(
                     print(f"log {mode:3s} {format_row(row)}", flush=True)
             if before is not None:
                 after = log_figures(port)
-                stored[name] = bytes_per_prediction(data / "predictions.db", name)
+                size = bytes_per_prediction(data / "predictions.db", name)
                 dropped = after["dropped"] - before["dropped"]
+                stored[name] = (size, after["pruned"] - before["pruned"])
                 print(
-                    f"log on  {name}: {stored[name]:,.0f} bytes per prediction, "
-                    f"{dropped:.0f} dropped"
+                    f"log on  {name}: {size:,.0f} bytes per prediction, {dropped:.0f} dropped, "
+                    f"{stored[name][1]:,.0f} pruned"
                 )
     finally:
         server.terminate()
@@ -381,19 +398,19 @@ def serve(
     return rows, stored
 
 
-def dropped_so_far(port: int) -> float:
+def dropped_so_far(port: int, counter: str = "dropped") -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     line = next(
-        x for x in text.splitlines() if x.startswith("nnserve_prediction_log_dropped_total ")
+        x for x in text.splitlines() if x.startswith(f"nnserve_prediction_log_{counter}_total ")
     )
     return float(line.split()[-1])
 
 
 def log_figures(port: int) -> dict[str, float]:
-    """The prediction log's drops, once the writer has committed and reported everything sent
-    so far (it measures about once a second)."""
+    """The prediction log's drops and prunes, once the writer has committed and reported
+    everything sent so far (it measures about once a second)."""
     time.sleep(3.0)
-    return {"dropped": dropped_so_far(port)}
+    return {"dropped": dropped_so_far(port), "pruned": dropped_so_far(port, "pruned")}
 
 
 def format_row(r: Row) -> str:
@@ -414,7 +431,7 @@ def write_csv(rows: Sequence[Any], *paths: Path) -> None:
             writer.writerows(asdict(r) for r in rows)
 
 
-def write_results(rows: list[Row], stored: dict[str, float]) -> None:
+def write_results(rows: list[Row], stored: dict[str, tuple[float, float]]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_csv(rows, RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv")
@@ -426,7 +443,9 @@ def write_results(rows: list[Row], stored: dict[str, float]) -> None:
         "service samples/s ÷ raw onnxruntime samples/s at the same batch size, same run; "
         "`log` = the service's prediction log off or on (sampling 1.0). Per model, a fresh "
         "service with the log off, then one with it on, back to back; the log's database is "
-        "kept across the models of a run, so it grows as a service's would.",
+        "kept across the models of a run, and starts at 90 % of its 1 GB bound (synthetic 1 KB "
+        "rows), so retention prunes while every log-on run logs, as in a service's steady "
+        "state (`pruned`: rows it removed during the model's log-on runs).",
         "",
         *log_cost(rows, stored),
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "
@@ -447,7 +466,7 @@ def write_results(rows: list[Row], stored: dict[str, float]) -> None:
     print(text)
 
 
-def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
+def log_cost(rows: list[Row], stored: dict[str, tuple[float, float]]) -> list[str]:
     """What the prediction log costs, from the same run: throughput at concurrency 64 and p99
     at concurrency 1, log on against log off, per model and protocol (single samples)."""
     by = {(r.model, r.scenario, r.batch, r.concurrency, r.prediction_log): r for r in rows}
@@ -455,8 +474,8 @@ def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
         "| model | scenario | c=64 req/s off | on | cost | dropped at c=64 | p99 c=1 off ms "
-        "| on ms | p99 ratio | bytes per prediction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| on ms | p99 ratio | bytes per prediction | pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, scenario, batch, concurrency, log), off in by.items():
         on = by.get((model, scenario, batch, concurrency, "on"))
@@ -468,7 +487,8 @@ def log_cost(rows: list[Row], stored: dict[str, float]) -> list[str]:
             f"| {model} | {scenario} | {off.req_s:,.0f} | {on.req_s:,.0f} | "
             f"{1 - on.req_s / off.req_s:.1%} | {on.dropped or 0:,.0f} | "
             f"{off_1.p99_ms:.3f} | {on_1.p99_ms:.3f} | "
-            f"{on_1.p99_ms / off_1.p99_ms:.2f} | {stored.get(model, 0):,.0f} |"
+            f"{on_1.p99_ms / off_1.p99_ms:.2f} | {stored.get(model, (0, 0))[0]:,.0f} | "
+            f"{stored.get(model, (0, 0))[1]:,.0f} |"
         )
     return [*lines, ""] if len(lines) > 4 else []
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from predictionlog.records import STORED_DTYPE, Row
+from predictionlog.records import PACK_FROM, STORED_DTYPE, Row, pack
 
 BATCH, FLUSH, STATS, DROPPED = b"B", b"F", b"S", b"X"
 #: What a connection says first: it sends batches, or it asks (flush, stats).
@@ -59,6 +59,8 @@ class Batch(NamedTuple):
         times = [self.time] * n if self.times is None else self.times
         traces = [None] * n if self.traces is None else self.traces
         inputs, outputs = _row_bytes(self.inputs, n), _row_bytes(self.outputs, n)
+        if inputs and len(inputs[0]) >= PACK_FROM:  # images: stored compressed (``records``)
+            inputs = [pack(x) for x in inputs]
         model, version = self.model, self.version
         for pid, at, x, y, label, trace in zip(
             self.ids, times, inputs, outputs, self.labels, traces, strict=True

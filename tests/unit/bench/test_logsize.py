@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.logsize import bytes_per_prediction
+from bench.logsize import FILL_MODEL, FILL_ROW_BYTES, bytes_per_prediction, fill
 from predictionlog import Batch
 from predictionlog.sqlite import SQLiteStore
 
@@ -50,3 +50,23 @@ def test_each_models_share_of_the_file_per_prediction(tmp_path: Path) -> None:
             rows[model] = count
     total = rows["tabular"] * tabular + rows["images"] * images
     assert abs(total - usage.bytes) < 0.01 * usage.bytes
+
+
+def test_the_bench_log_starts_filled_near_its_bound(tmp_path: Path) -> None:
+    """``fill`` brings a log to a byte target with old 1 KB rows of their own model name,
+    stored as they are (noise: no compression), so that a bench measures a log at its bound
+    and its own models' bytes per prediction stay apart."""
+    path = tmp_path / "predictions.db"
+    target = 8_000_000
+    written = fill(path, target)
+    with SQLiteStore(path) as store:
+        usage = store.usage()
+        assert store.count_predictions(FILL_MODEL) == usage.rows == written
+        first = store.get_prediction("fill-0000000000")
+    assert target <= usage.bytes < target + 4096 * 2 * FILL_ROW_BYTES  # one step over at most
+    assert first is not None and first.inputs.shape == (FILL_ROW_BYTES // 4,)
+    assert usage.oldest is not None and usage.oldest < time.time() - 3000
+    assert bytes_per_prediction(path, FILL_MODEL) > FILL_ROW_BYTES
+    with closing(sqlite3.connect(path)) as conn:
+        (stored,) = conn.execute("SELECT length(inputs) FROM predictions LIMIT 1").fetchone()
+    assert stored == FILL_ROW_BYTES

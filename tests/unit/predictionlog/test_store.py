@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
+import lz4.block
 import numpy as np
 import pytest
 
@@ -26,7 +27,9 @@ from predictionlog import (
     open_store,
     redacted,
 )
+from predictionlog.records import decode_array, encode_array
 from predictionlog.retention import Usage
+from predictionlog.wire import Batch
 from tests.support.paths import ROOT
 from tests.support.postgres import PostgresServer
 
@@ -70,6 +73,38 @@ def sqlite_path(tmp_path: Path) -> Path:
 
 
 # -- the stores (both backends) ----------------------------------------------------------
+
+
+def fashion_image(seed: int) -> np.ndarray:
+    """A Fashion-MNIST-like image: pixel values 0-255, half of them background (zero)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(1, 256, (28, 28)).astype(np.float32)
+    pixels[rng.random((28, 28)) < 0.5] = 0
+    return pixels
+
+
+def test_large_arrays_are_stored_compressed_when_that_pays(store: Store) -> None:
+    """Images go to the store as LZ4 blocks (a third of their bytes here) through both write
+    paths, the writer's rows and ``write_predictions``, and read back exactly; noise does
+    not compress and is stored as it is."""
+    image = Prediction(
+        "img", T0, "fashion-cnn", 1, fashion_image(0), np.ones(10, np.float32), "Bag"
+    )
+    noise = prediction("noise", shape=(28, 28))
+    store.write_predictions([image, noise])
+    sent = Batch("fashion-cnn", 1, T0, ["wire"], fashion_image(1)[None], np.ones((1, 10)), ["Bag"])
+    (row,) = sent.rows()
+    assert len(row[4]) < 0.5 * 28 * 28 * 4  # packed before it reaches the store
+    store.write_rows([row])
+    for want, inputs in ((image, image.inputs), (noise, noise.inputs), (None, sent.inputs[0])):
+        got = store.get_prediction(want.id if want else "wire")
+        assert got is not None
+        np.testing.assert_array_equal(got.inputs, inputs)
+        assert got.inputs.dtype == np.float32 and got.inputs.shape == (28, 28)
+    assert len(encode_array(image.inputs)[0]) < 0.5 * image.inputs.nbytes
+    assert encode_array(noise.inputs)[0] == noise.inputs.tobytes()  # does not pay: as it is
+    with pytest.raises(ValueError, match="neither"):
+        decode_array(b"\xff" * 100, "[28, 28]")  # shorter than raw, and not LZ4 of it
 
 
 def test_round_trip_gives_back_exact_arrays_of_any_shape(store: Store) -> None:
@@ -458,18 +493,24 @@ def test_an_old_sqlite_file_is_converted_to_incremental_vacuum(sqlite_path: Path
 
 
 def test_sqlite_uses_wal_and_stores_raw_little_endian_float32(sqlite_path: Path) -> None:
-    row = prediction("image", shape=(28, 28))
+    row = prediction("image", shape=(28, 28))  # noise: stored as it is (see records.pack)
+    packed = Prediction("packed", T0, "m", 1, fashion_image(2), np.ones(3, np.float32), "a")
     with SQLiteStore(sqlite_path) as store:
-        store.write_predictions([row])
+        store.write_predictions([row, packed])
     with sqlite3.connect(sqlite_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         inputs, shape, outputs, output_shape = conn.execute(
-            "SELECT inputs, input_shape, outputs, output_shape FROM predictions"
+            "SELECT inputs, input_shape, outputs, output_shape FROM predictions WHERE id = 'image'"
         ).fetchone()
+        (lz4_block,) = conn.execute("SELECT inputs FROM predictions WHERE id = 'packed'").fetchone()
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     assert inputs == row.inputs.astype("<f4").tobytes() and json.loads(shape) == [28, 28]
     assert outputs == row.outputs.astype("<f4").tobytes() and output_shape == "[3]"
+    # an image: an LZ4 block of the same bytes, which any LZ4 reader decodes given the size
+    raw = packed.inputs.astype("<f4").tobytes()
+    assert len(lz4_block) < len(raw) == 28 * 28 * 4
+    assert lz4.block.decompress(lz4_block, uncompressed_size=len(raw)) == raw
     assert {"predictions", "feedback"} <= tables
     assert "predictions_model_time" not in tables  # dropped: inserts cost a fifth less
     with sqlite3.connect(sqlite_path) as conn:  # 16 KB pages (the module docstring: why)

@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
-from bench.run import (
+from bench.harness import (
     RESULTS,
     ROOT,
     SERVER_CORE,

@@ -31,19 +31,19 @@ from pathlib import Path
 
 import httpx
 
-from bench.run import (
+from bench.harness import (
     RESULTS,
     ROOT,
     SERVER_CORE,
-    ServedModel,
     bodies,
     check_answer,
     path_for,
     sample_batch,
-    scan,
     start_server,
     wrk,
 )
+from modelrepo import scan
+from service.runtime.model import ServedModel
 
 MODES = ("off", "idle", "on", "full")
 #: The byte bound of the ``full`` setting, and the most time spent filling the log past it.

@@ -45,19 +45,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.run import (
+from bench.harness import (
     CLIENT_CORE,
     RESULTS,
     SERVER_CORE,
     bodies,
     check_answer,
     path_for,
-    raw_ort,
     sample_batch,
     start_server,
     write_csv,
     wrk,
 )
+from bench.run import raw_ort
 from modelrepo import scan
 from service.grpc.descriptor import SERVICE, methods
 from service.runtime.model import ServedModel

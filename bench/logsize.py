@@ -1,4 +1,7 @@
-"""Bytes per logged prediction, per model, from the prediction log's SQLite file itself.
+"""The prediction log in the bench: its start near the bound (:func:`fill`), bytes per
+logged prediction (:func:`bytes_per_prediction`), drops and prunes, and the cost table.
+
+Bytes per logged prediction, per model, come from the log's SQLite file itself.
 
 The file's growth over a run is no measure once retention prunes during it (the bench's log
 reaches its bound: a model measured then showed a negative growth). Instead: each model's
@@ -11,9 +14,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 
+from bench.harness import Row, dropped_so_far
 from predictionlog.sqlite import SQLiteStore
 
 _ROW_BYTES = (
@@ -68,3 +73,56 @@ def fill(database: Path, target: int) -> int:
             store.write_rows(rows)
             written += len(rows)
     return written
+
+
+def log_figures(port: int) -> dict[str, float]:
+    """The prediction log's drops and prunes, once the writer has committed and reported
+    everything sent so far (it measures about once a second)."""
+    time.sleep(3.0)
+    return {"dropped": dropped_so_far(port), "pruned": dropped_so_far(port, "pruned")}
+
+
+def log_cost(rows: list[Row], stored: dict[str, tuple[float, float]]) -> list[str]:
+    """What the prediction log costs, from the same run: throughput at concurrency 64 and p99
+    at concurrency 1, log on against log off, per model and protocol (single samples). With
+    several runs of a cell (``--cost-runs``), the medians, and in brackets the range of the
+    back-to-back off/on pairs (the n-th off run of a cell with its n-th on run)."""
+    cells: dict[tuple[str, str, int, int, str], list[Row]] = {}
+    for r in rows:
+        cells.setdefault(
+            (r.model, r.scenario, r.batch, r.concurrency, r.prediction_log), []
+        ).append(r)
+    runs = max((len(c) for c in cells.values()), default=1)
+    lines = [
+        "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
+        "",
+        f"Medians of {runs} runs of each cell, off and on back to back each time (in brackets: "
+        "the lowest and highest of those pairs)."
+        if runs > 1
+        else "One run of each cell, off and on back to back.",
+        "",
+        "| model | scenario | c=64 req/s off | on | cost | dropped at c=64 | p99 c=1 off ms "
+        "| on ms | p99 ratio | bytes per prediction | pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, scenario, batch, concurrency, log), offs in cells.items():
+        ons = cells.get((model, scenario, batch, concurrency, "on"))
+        if (batch, concurrency, log) != (1, 64, "off") or not ons:
+            continue
+        offs_1, ons_1 = cells[(model, scenario, 1, 1, "off")], cells[(model, scenario, 1, 1, "on")]
+        off, on = median(r.req_s for r in offs), median(r.req_s for r in ons)
+        off_1, on_1 = median(r.p99_ms for r in offs_1), median(r.p99_ms for r in ons_1)
+        costs = [1 - b.req_s / a.req_s for a, b in zip(offs, ons, strict=False)]
+        ratios = [b.p99_ms / a.p99_ms for a, b in zip(offs_1, ons_1, strict=False)]
+        size, pruned = stored.get(model, (0, 0))
+        lines.append(
+            f"| {model} | {scenario} | {off:,.0f} | {on:,.0f} | {1 - on / off:.1%}"
+            f"{_spread(costs, '.1%')} | {sum(r.dropped or 0 for r in ons):,.0f} | "
+            f"{off_1:.3f} | {on_1:.3f} | {on_1 / off_1:.2f}{_spread(ratios, '.2f')} | "
+            f"{size:,.0f} | {pruned:,.0f} |"
+        )
+    return [*lines, ""] if len(lines) > 6 else []
+
+
+def _spread(values: list[float], spec: str) -> str:
+    return f" ({min(values):{spec}} to {max(values):{spec}})" if len(values) > 1 else ""

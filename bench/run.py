@@ -21,100 +21,38 @@ not the client (Python load generators top out at a few thousand requests per se
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
-from bench.logsize import FILL_FRACTION, bytes_per_prediction, fill
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    SERVER_CORE,
+    Row,
+    bodies,
+    check_answer,
+    dropped_so_far,
+    path_for,
+    sample_batch,
+    start_server,
+    write_csv,
+    wrk,
+)
+from bench.logsize import FILL_FRACTION, bytes_per_prediction, fill, log_cost, log_figures
 from modelrepo import MODEL_FILE, scan
 from service.context import RequestContext
 from service.protocol import v1, v2
 from service.runtime.model import ServedModel
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-SERVER_CORE, CLIENT_CORE = "0", "1"
-
-
-@dataclass
-class Row:
-    model: str
-    scenario: str  # raw-ort, codec, v1, v2-json, v2-binary
-    batch: int
-    concurrency: int
-    req_s: float
-    samples_s: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    ratio_to_raw: float | None = None
-    prediction_log: str = ""  # off / on (service rows)
-    dropped: float | None = None  # predictions the log dropped during the run (log on)
-
-
 # -- inputs ---------------------------------------------------------------------------------
-def sample_batch(model: ServedModel, n: int) -> np.ndarray:
-    """``n`` real test samples (the reference batch from model.json, repeated)."""
-    tensor = model.card.reference[0].inputs[0]
-    base = np.asarray(tensor.data, dtype=np.float32).reshape(tensor.shape)
-    return np.resize(base, (n, *base.shape[1:])).astype(np.float32)
-
-
-def bodies(model: ServedModel, batch: np.ndarray) -> dict[str, tuple[bytes, str, str]]:
-    """scenario -> (body, content type, Inference-Header-Content-Length)."""
-    name = model.input.name
-    instances = batch.astype(int) if model.input.min_value is not None else batch
-    as_v1 = json.dumps({"instances": instances.tolist()}).encode()
-    as_v2 = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(batch.shape),
-                    "datatype": "FP32",
-                    "data": batch.ravel().tolist(),
-                }
-            ]
-        }
-    ).encode()
-    raw = batch.astype("<f4").tobytes()
-    head = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": list(batch.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": [{"name": model.card.outputs[-1].name, "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    return {
-        "v1": (as_v1, "application/json", ""),
-        "v2-json": (as_v2, "application/json", ""),
-        "v2-binary": (head + raw, "application/octet-stream", str(len(head))),
-    }
-
-
-def path_for(model: str, scenario: str) -> str:
-    return f"/v1/models/{model}:predict" if scenario == "v1" else f"/v2/models/{model}/infer"
 
 
 # -- in-process measurements ----------------------------------------------------------------
@@ -180,93 +118,10 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
 
 # -- the service under wrk ------------------------------------------------------------------
-def start_server(
-    repository: Path,
-    port: int,
-    log: Path,
-    prediction_log: bool,
-    data: Path | None = None,
-    cores: str | None = SERVER_CORE,
-    workers: int | None = None,
-) -> subprocess.Popen[bytes]:
-    """``python -m service`` on ``cores`` (taskset; None: every core), ready when returned."""
-    env = {
-        "NNSERVE_PREDICTION_LOG": "true" if prediction_log else "false",
-        "NNSERVE_DATA_DIR": str(data or log.parent / "data"),
-        **os.environ,
-        "NNSERVE_PORT": str(port),
-        "NNSERVE_HOST": "127.0.0.1",
-        "NNSERVE_MODEL_REPOSITORY": str(repository),
-        "NNSERVE_LOG_LEVEL": "warning",
-        "NNSERVE_POLL_INTERVAL": "0",
-        "NNSERVE_INFERENCE_THREADS": "1",
-        **({"NNSERVE_WORKERS": str(workers)} if workers else {}),
-    }
-    pinned = ["taskset", "-c", cores] if cores else []
-    process = subprocess.Popen(
-        [*pinned, sys.executable, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the service did not start; see {log}")
-
-
-def wrk(
-    url: str,
-    body_file: Path,
-    content_type: str,
-    header_length: str,
-    concurrency: int,
-    seconds: float,
-    core: str | None = CLIENT_CORE,
-) -> dict[str, float]:
-    env = {
-        **os.environ,
-        "BODY_FILE": str(body_file),
-        "CONTENT_TYPE": content_type,
-        "HEADER_LENGTH": header_length,
-    }
-    done = subprocess.run(
-        [
-            *(["taskset", "-c", core] if core else []),
-            "wrk",
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{max(1, round(seconds))}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(ROOT / "bench" / "post.lua"),
-            url,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    line = next(x for x in done.stdout.splitlines() if x.startswith("{"))
-    return json.loads(line)  # type: ignore[no-any-return]
-
-
-def check_answer(url: str, body: bytes, content_type: str, header_length: str) -> None:
-    headers = {"Content-Type": content_type}
-    if header_length:
-        headers["Inference-Header-Content-Length"] = header_length
-    r = httpx.post(url, content=body, headers=headers)
-    if r.status_code != 200:
-        raise SystemExit(f"{url}: {r.status_code} {r.text[:300]}")
+#: (batch, concurrency) of each service scenario ...
+CASES = [(1, 1), (1, 16), (1, 64), (32, 16)]
+#: ... and those the prediction log's cost is read from, run again ``--cost-runs`` - 1 times
+COST_CASES = [(1, 1), (1, 64)]
 
 
 def main() -> None:
@@ -287,6 +142,13 @@ def main() -> None:
         default="near-bound",
         help="the prediction log at 90%% of its byte bound before the first run (default: "
         "the steady state of a service that has run a while), or empty",
+    )
+    parser.add_argument(
+        "--cost-runs",
+        type=int,
+        default=3,
+        help="off/on pairs the log's cost is the median of (default 3: single 5-second runs "
+        "here move by 5-10 points)",
     )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.duration
@@ -313,6 +175,7 @@ def main() -> None:
     # it starts near its bound, so that every log-on run prunes as it logs (steady state).
     modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
     stored: dict[str, tuple[float, float]] = {}
+    repeats: list[Row] = []
     data = Path(tempfile.mkdtemp(prefix="nnserve-bench-data-"))
     try:
         if "on" in modes and args.log_start == "near-bound":
@@ -325,10 +188,21 @@ def main() -> None:
                 served, stored_now = serve(args.repository, {name: model}, raw, seconds, mode, data)
                 rows += served
                 stored.update(stored_now)
+        # the cost's cells again, each repeat after every model's (another moment of the
+        # machine): the table gives medians of back-to-back off/on pairs
+        for _ in range(args.cost_runs - 1 if modes == ["off", "on"] else 0):
+            for name, model in models.items():
+                for mode in modes:
+                    served, stored_now = serve(
+                        args.repository, {name: model}, raw, seconds, mode, data, COST_CASES
+                    )
+                    repeats += served
+                    for model_name, (size, pruned) in stored_now.items():
+                        stored[model_name] = (size, stored[model_name][1] + pruned)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     rows.sort(key=lambda r: (r.prediction_log != "", r.prediction_log, list(models).index(r.model)))
-    write_results(rows, stored)
+    write_results(rows, stored, repeats)
 
 
 def serve(
@@ -338,6 +212,7 @@ def serve(
     seconds: float,
     mode: str,
     data: Path,
+    cases: list[tuple[int, int]] = CASES,
 ) -> tuple[list[Row], dict[str, tuple[float, float]]]:
     """The service scenarios with the prediction log ``mode``; with it on, also per model the
     bytes per prediction logged and the rows retention pruned meanwhile."""
@@ -349,7 +224,6 @@ def serve(
     try:
         for name, model in models.items():
             before = log_figures(port) if mode == "on" else None
-            cases = [(1, c) for c in (1, 16, 64)] + [(32, 16)]
             for batch, concurrency in cases:
                 for scenario, (body, ctype, hlen) in bodies(
                     model, sample_batch(model, batch)
@@ -398,21 +272,6 @@ def serve(
     return rows, stored
 
 
-def dropped_so_far(port: int, counter: str = "dropped") -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    line = next(
-        x for x in text.splitlines() if x.startswith(f"nnserve_prediction_log_{counter}_total ")
-    )
-    return float(line.split()[-1])
-
-
-def log_figures(port: int) -> dict[str, float]:
-    """The prediction log's drops and prunes, once the writer has committed and reported
-    everything sent so far (it measures about once a second)."""
-    time.sleep(3.0)
-    return {"dropped": dropped_so_far(port), "pruned": dropped_so_far(port, "pruned")}
-
-
 def format_row(r: Row) -> str:
     ratio = "" if r.ratio_to_raw is None else f"{r.ratio_to_raw:6.3f}"
     return (
@@ -422,16 +281,9 @@ def format_row(r: Row) -> str:
     )
 
 
-def write_csv(rows: Sequence[Any], *paths: Path) -> None:
-    """Dataclass rows, one CSV file each path (bench.grpc writes its rows with it too)."""
-    for path in paths:
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
-
-
-def write_results(rows: list[Row], stored: dict[str, tuple[float, float]]) -> None:
+def write_results(
+    rows: list[Row], stored: dict[str, tuple[float, float]], repeats: list[Row]
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_csv(rows, RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv")
@@ -447,7 +299,7 @@ def write_results(rows: list[Row], stored: dict[str, tuple[float, float]]) -> No
         "rows), so retention prunes while every log-on run logs, as in a service's steady "
         "state (`pruned`: rows it removed during the model's log-on runs).",
         "",
-        *log_cost(rows, stored),
+        *log_cost([*rows, *repeats], stored),
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "
         "errors | ratio | log dropped |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -464,33 +316,6 @@ def write_results(rows: list[Row], stored: dict[str, tuple[float, float]]) -> No
     (RESULTS / "latest.md").write_text(text)
     print()
     print(text)
-
-
-def log_cost(rows: list[Row], stored: dict[str, tuple[float, float]]) -> list[str]:
-    """What the prediction log costs, from the same run: throughput at concurrency 64 and p99
-    at concurrency 1, log on against log off, per model and protocol (single samples)."""
-    by = {(r.model, r.scenario, r.batch, r.concurrency, r.prediction_log): r for r in rows}
-    lines = [
-        "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
-        "",
-        "| model | scenario | c=64 req/s off | on | cost | dropped at c=64 | p99 c=1 off ms "
-        "| on ms | p99 ratio | bytes per prediction | pruned |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (model, scenario, batch, concurrency, log), off in by.items():
-        on = by.get((model, scenario, batch, concurrency, "on"))
-        if (batch, concurrency, log) != (1, 64, "off") or on is None:
-            continue
-        off_1 = by[(model, scenario, 1, 1, "off")]
-        on_1 = by[(model, scenario, 1, 1, "on")]
-        lines.append(
-            f"| {model} | {scenario} | {off.req_s:,.0f} | {on.req_s:,.0f} | "
-            f"{1 - on.req_s / off.req_s:.1%} | {on.dropped or 0:,.0f} | "
-            f"{off_1.p99_ms:.3f} | {on_1.p99_ms:.3f} | "
-            f"{on_1.p99_ms / off_1.p99_ms:.2f} | {stored.get(model, (0, 0))[0]:,.0f} | "
-            f"{stored.get(model, (0, 0))[1]:,.0f} |"
-        )
-    return [*lines, ""] if len(lines) > 4 else []
 
 
 if __name__ == "__main__":

@@ -20,18 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import (
+from bench.harness import (
     RESULTS,
     ROOT,
-    ServedModel,
     bodies,
     check_answer,
     path_for,
     sample_batch,
-    scan,
     start_server,
     wrk,
 )
+from modelrepo import scan
+from service.runtime.model import ServedModel
 
 CONCURRENCY = 64
 

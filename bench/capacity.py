@@ -34,7 +34,7 @@ from bench.harness import (
     SERVER_CORE,
     bodies,
     check_answer,
-    dropped_so_far,
+    log_total,
     path_for,
     sample_batch,
     start_server,
@@ -128,12 +128,12 @@ def cpu_line(model: ServedModel, log: bool, seconds: float, work: Path) -> str:
     with serving(model, work, log) as (pid, port, load):
         load(min(1.0, seconds))  # warm-up
         time.sleep(1.0)  # the writer drains the warm-up's predictions
-        dropped = dropped_so_far(port) if log else 0.0
+        dropped = log_total(port) if log else 0.0
         before = cpu_seconds(pid)
         result = load(seconds)
         time.sleep(1.0)  # ... and this run's, whose cost it is
         cpu = cpu_seconds(pid) - before
-        dropped = dropped_so_far(port) - dropped if log else 0.0
+        dropped = log_total(port) - dropped if log else 0.0
     wall = result["duration_us"] / 1e6
     errors = sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
     return (

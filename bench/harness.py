@@ -192,7 +192,8 @@ def write_csv(rows: Sequence[Any], *paths: Path) -> None:
             writer.writerows(asdict(r) for r in rows)
 
 
-def dropped_so_far(port: int, counter: str = "dropped") -> float:
+def log_total(port: int, counter: str = "dropped") -> float:
+    """The service's ``nnserve_prediction_log_<counter>_total`` so far (dropped, pruned)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     line = next(
         x for x in text.splitlines() if x.startswith(f"nnserve_prediction_log_{counter}_total ")

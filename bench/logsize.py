@@ -18,7 +18,7 @@ from statistics import median
 
 import numpy as np
 
-from bench.harness import Row, dropped_so_far
+from bench.harness import Row, log_total
 from predictionlog.sqlite import SQLiteStore
 
 _ROW_BYTES = (
@@ -79,7 +79,7 @@ def log_figures(port: int) -> dict[str, float]:
     """The prediction log's drops and prunes, once the writer has committed and reported
     everything sent so far (it measures about once a second)."""
     time.sleep(3.0)
-    return {"dropped": dropped_so_far(port), "pruned": dropped_so_far(port, "pruned")}
+    return {"dropped": log_total(port), "pruned": log_total(port, "pruned")}
 
 
 def log_cost(rows: list[Row], stored: dict[str, tuple[float, float]]) -> list[str]:

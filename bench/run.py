@@ -38,7 +38,7 @@ from bench.harness import (
     Row,
     bodies,
     check_answer,
-    dropped_so_far,
+    log_total,
     path_for,
     sample_batch,
     start_server,
@@ -233,10 +233,10 @@ def serve(
                     url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
                     check_answer(url, body, ctype, hlen)
                     wrk(url, body_file, ctype, hlen, concurrency, min(1.0, seconds))  # warm-up
-                    dropped = dropped_so_far(port) if mode == "on" else None
+                    dropped = log_total(port) if mode == "on" else None
                     result = wrk(url, body_file, ctype, hlen, concurrency, seconds)
                     if dropped is not None:
-                        dropped = dropped_so_far(port) - dropped
+                        dropped = log_total(port) - dropped
                     req_s = result["requests"] / (result["duration_us"] / 1e6)
                     errors = int(
                         sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))

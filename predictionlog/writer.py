@@ -52,8 +52,7 @@ from predictionlog.wire import (
 log = logging.getLogger("nnserve.predictionlog.writer")
 #: Rows inserted between two pauses (``pacing``: the pacer pauses once a burst took 100 µs).
 INSERT_CHUNK = 8
-#: Seconds between drift updates (each bins the newest ``drift_window`` rows committed since:
-#: older ones would leave the window within the same update) ...
+#: Seconds between drift updates (each bins only the rows still in the window after it) ...
 DRIFT_EVERY = 2.0
 #: ... in chunks of this many rows (time steps for sequences): below 100 µs each.
 DRIFT_CHUNK = 128

@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from predictionlog.sql import INSERT_PREDICTIONS, SQLStore
+from predictionlog.records import Stored
+from predictionlog.sql import SQLStore
 
 if TYPE_CHECKING:
     import psycopg
 
 logger = logging.getLogger("nnserve.predictionlog")
 
+#: What an id adds to a prediction's size (its index entry, about).
+ID_BYTES = 48
 #: Seconds to wait for the server when (re)connecting.
 CONNECT_TIMEOUT = 10
 
@@ -28,30 +31,55 @@ CONNECT_TIMEOUT = 10
 #: EXISTS alone can race on the catalog). An arbitrary constant: "nnserve" in ASCII.
 _SCHEMA_LOCK_KEY = 0x6E6E7365727665
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS predictions (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY,
-        id TEXT PRIMARY KEY,
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS prediction_batches (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         time DOUBLE PRECISION NOT NULL,
         model TEXT NOT NULL,
         version INTEGER NOT NULL,
-        inputs BYTEA NOT NULL,
+        n INTEGER NOT NULL,
+        rows JSONB NOT NULL,
         input_shape TEXT NOT NULL,
-        outputs BYTEA NOT NULL,
+        inputs BYTEA NOT NULL,
         output_shape TEXT NOT NULL,
-        label TEXT,
-        trace_id TEXT
+        outputs BYTEA NOT NULL
     )""",
-    "DROP INDEX IF EXISTS predictions_model_time",
-    "CREATE INDEX IF NOT EXISTS predictions_seq ON predictions (seq)",
+    """CREATE TABLE IF NOT EXISTS prediction_ids (
+        id TEXT PRIMARY KEY,
+        batch BIGINT NOT NULL,
+        row INTEGER NOT NULL
+    )""",
+)
+_SCHEMA = (
+    *_TABLES,
+    """CREATE OR REPLACE VIEW predictions AS SELECT
+        i.id AS id,
+        (b.rows -> 'times' ->> i.row)::float8 AS time,
+        b.model AS model,
+        b.version AS version,
+        CASE WHEN b.rows -> 'at' IS NULL
+            THEN substring(b.inputs FROM i.row * (octet_length(b.inputs) / b.n) + 1
+                           FOR octet_length(b.inputs) / b.n)
+            ELSE substring(b.inputs FROM (b.rows -> 'at' ->> i.row)::int + 1
+                           FOR (b.rows -> 'at' ->> (i.row + 1))::int
+                               - (b.rows -> 'at' ->> i.row)::int)
+        END AS inputs,
+        b.input_shape AS input_shape,
+        substring(b.outputs FROM i.row * (octet_length(b.outputs) / b.n) + 1
+                  FOR octet_length(b.outputs) / b.n) AS outputs,
+        b.output_shape AS output_shape,
+        b.rows -> 'labels' ->> i.row AS label,
+        b.rows -> 'traces' ->> i.row AS trace_id,
+        i.batch * 1048576 + i.row AS seq
+    FROM prediction_ids i JOIN prediction_batches b ON b.id = i.batch""",
     """CREATE TABLE IF NOT EXISTS feedback (
-        id TEXT PRIMARY KEY REFERENCES predictions (id),
+        id TEXT PRIMARY KEY REFERENCES prediction_ids (id),
         label TEXT NOT NULL,
         time DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time)",
     """CREATE TABLE IF NOT EXISTS actuals (
-        id TEXT NOT NULL REFERENCES predictions (id),
+        id TEXT NOT NULL REFERENCES prediction_ids (id),
         step INTEGER NOT NULL,
         value DOUBLE PRECISION NOT NULL,
         time DOUBLE PRECISION NOT NULL,
@@ -59,10 +87,41 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS actuals_time ON actuals (time)",
 )
-#: Columns added since the table was first made: (name, type), added to an older table when
-#: a store opens it (a nullable column: no rewrite; only when missing, since ALTER TABLE
-#: locks the table even when it has nothing to do).
-_ADDED = (("trace_id", "TEXT"),)
+#: A log made with a row per prediction (before batches): its rows become batches of one,
+#: and feedback and actuals refer to the ids instead.
+_CONVERT = (
+    *_TABLES,
+    "ALTER TABLE predictions ADD COLUMN IF NOT EXISTS trace_id TEXT",
+    """INSERT INTO prediction_batches
+        (time, model, version, n, rows, input_shape, inputs, output_shape, outputs)
+    SELECT time, model, version, 1,
+        jsonb_build_object('ids', jsonb_build_array(id), 'times', jsonb_build_array(time),
+                           'labels', jsonb_build_array(label),
+                           'traces', jsonb_build_array(trace_id)),
+        input_shape, inputs, output_shape, outputs
+    FROM predictions ORDER BY seq""",
+    "INSERT INTO prediction_ids (id, batch, row) "
+    "SELECT rows -> 'ids' ->> 0, id, 0 FROM prediction_batches",
+    "ALTER TABLE IF EXISTS feedback DROP CONSTRAINT IF EXISTS feedback_id_fkey",
+    "ALTER TABLE IF EXISTS actuals DROP CONSTRAINT IF EXISTS actuals_id_fkey",
+    "DROP TABLE predictions",
+    *_SCHEMA,
+    "ALTER TABLE feedback DROP CONSTRAINT IF EXISTS feedback_id_fkey",  # new tables have it
+    "ALTER TABLE actuals DROP CONSTRAINT IF EXISTS actuals_id_fkey",
+    "ALTER TABLE feedback ADD CONSTRAINT feedback_id_fkey "
+    "FOREIGN KEY (id) REFERENCES prediction_ids (id)",
+    "ALTER TABLE actuals ADD CONSTRAINT actuals_id_fkey "
+    "FOREIGN KEY (id) REFERENCES prediction_ids (id)",
+)
+#: A batch row and its ids, in one statement (``records.Stored``'s fields in order).
+INSERT_BATCH_AND_IDS = (
+    "WITH b AS (INSERT INTO prediction_batches (time, model, version, n, rows, input_shape, "
+    "inputs, output_shape, outputs) VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s) "
+    "RETURNING id, rows) "
+    "INSERT INTO prediction_ids (id, batch, row) SELECT e.value, b.id, e.ordinality - 1 "
+    "FROM b, jsonb_array_elements_text(b.rows -> 'ids') WITH ORDINALITY AS e(value, ordinality) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -79,8 +138,11 @@ class PostgresStore(SQLStore):
     """A :class:`~predictionlog.store.Store` in a PostgreSQL database (tables made if missing)."""
 
     placeholder = "%s"
-    order = "seq"
-    measure_every = 30.0  # count(*) scans the table
+    batch_key = "id"
+    batch_ids = (
+        "SELECT jsonb_array_elements_text(b.rows -> 'ids') FROM prediction_batches b WHERE b.id = ?"
+    )
+    measure_every = 30.0  # the count scans the batches
 
     def __init__(self, url: str) -> None:
         self._url = url  # may hold a password: never logged or shown
@@ -90,21 +152,15 @@ class PostgresStore(SQLStore):
         try:
             with self._transaction() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                for statement in _SCHEMA:
+                old = conn.execute(
+                    "SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                    "current_schema() AND table_name = 'predictions' "
+                    "AND table_type = 'BASE TABLE'"
+                ).fetchone()
+                if old:
+                    logger.info("converting the prediction log to batches")
+                for statement in _CONVERT if old else _SCHEMA:
                     conn.execute(statement)
-                present = {
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT column_name FROM information_schema.columns "
-                        "WHERE table_schema = current_schema() AND table_name = 'predictions'"
-                    )
-                }
-                for column, kind in _ADDED:
-                    if column not in present:
-                        logger.info("adding column %s to the predictions table", column)
-                        conn.execute(
-                            f"ALTER TABLE predictions ADD COLUMN IF NOT EXISTS {column} {kind}"
-                        )
         except BaseException:
             self.close()
             raise
@@ -135,17 +191,17 @@ class PostgresStore(SQLStore):
             conn.close()
 
     def _live_bytes(self, conn: Any, rows: int) -> int:
-        """Rows times the mean size of the newest rows: the live data, which is what the
-        byte bound counts here. Deleted rows' space is reused by autovacuum, not given back
-        to the file system, so the relation's files settle near this plus indexes."""
+        """Rows times the mean size of the newest predictions (their batches' and an id's):
+        the live data, which is what the byte bound counts here. Deleted rows' space is
+        reused by autovacuum, not given back to the file system, so the relation's files
+        settle near this plus indexes."""
         if rows == 0:
             return 0
-        mean = conn.execute(
-            "SELECT avg(pg_column_size(p.*)) FROM "
-            "(SELECT * FROM predictions ORDER BY seq DESC LIMIT 200) p"
-        ).fetchone()[0]
-        return int(rows * float(mean or 0))
+        size, n = conn.execute(
+            "SELECT sum(pg_column_size(b.*)), sum(b.n) FROM "
+            "(SELECT * FROM prediction_batches ORDER BY id DESC LIMIT 50) b"
+        ).fetchone()
+        return int(rows * (float(size or 0) / max(1, int(n or 0)) + ID_BYTES))
 
-    def _insert(self, conn: Any, values: list[Any]) -> None:
-        with conn.cursor() as cursor:
-            cursor.executemany(self._sql(INSERT_PREDICTIONS), values)
+    def _insert(self, conn: Any, batch: Stored) -> None:
+        conn.execute(INSERT_BATCH_AND_IDS, batch)

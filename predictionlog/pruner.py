@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from predictionlog.counters import Counters
-from predictionlog.records import Row
+from predictionlog.records import Stored
 from predictionlog.retention import Retention, Usage
 from predictionlog.store import Store
 
@@ -37,12 +37,12 @@ class Pruner:
         except Exception as exc:
             log.error("measuring the prediction log failed: %s", exc)
 
-    def bytes_of(self, rows: list[Row]) -> int:
-        """What ``rows`` add to the store: at the measured mean per row, or until there is
-        one, their blobs and id plus what a row costs besides."""
+    def bytes_of(self, batches: list[Stored], rows: int) -> int:
+        """What ``batches`` of ``rows`` predictions add to the store: at the measured mean
+        per row, or until there is one, their own bytes plus an id's."""
         if self.usage.rows:
-            return self._bytes_of_rows(len(rows))
-        return sum(len(r[0]) + len(r[4]) + len(r[6]) + 128 for r in rows)
+            return self._bytes_of_rows(rows)
+        return sum(b.nbytes for b in batches) + 64 * rows
 
     def grew(self, rows: int, grown: int) -> None:
         """Rows committed (or, negative, pruned) and the bytes they took."""

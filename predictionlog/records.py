@@ -15,14 +15,16 @@ forecast windows, outputs) are stored as they are: LZ4 does not shrink them enou
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.block
 import numpy as np
+import orjson
 
 #: Longest prediction id accepted (the service's ids are far shorter; clients may send their own).
 MAX_ID_LENGTH = 160
@@ -128,30 +130,83 @@ def decode_array(data: bytes | memoryview, shape: str) -> np.ndarray:
     return flat.astype(np.float32).reshape(dims)
 
 
-#: The column order both stores use for the predictions table (after their own bookkeeping).
+#: The columns of the ``predictions`` view, in the order both stores select them.
 COLUMNS = "id, time, model, version, inputs, input_shape, outputs, output_shape, label, trace_id"
 #: How many columns that is (a query selecting COLUMNS and more finds the rest after them).
 NCOLUMNS = COLUMNS.count(",") + 1
 
-Row = tuple[str, float, str, int, bytes, str, bytes, str, str | None, str | None]
+
+class Stored(NamedTuple):
+    """One row of the ``prediction_batches`` table: predictions of one model version with
+    inputs (and outputs) of one shape, stored together (see ``sql``). ``rows`` is JSON text:
+    each prediction's ``ids``, ``times``, ``labels``, ``traces`` (absent when none was
+    traced) and, when the inputs are packed one by one (``at``), where each one starts in
+    ``inputs`` (n + 1 offsets); otherwise each takes ``len(inputs) // n`` bytes. Outputs always
+    take ``len(outputs) // n``."""
+
+    time: float  #: the oldest prediction's time (retention by age goes by it)
+    model: str
+    version: int
+    n: int
+    rows: str
+    input_shape: str
+    inputs: bytes
+    output_shape: str
+    outputs: bytes
+
+    @property
+    def nbytes(self) -> int:
+        """What it takes beside the store's own overhead (bookkeeping, the id index)."""
+        return len(self.rows) + len(self.inputs) + len(self.outputs) + 64
 
 
-def to_row(prediction: Prediction) -> Row:
-    """The values of one predictions-table row, in :data:`COLUMNS` order."""
-    inputs, input_shape = encode_array(prediction.inputs)
-    outputs, output_shape = encode_array(prediction.outputs)
-    return (
-        prediction.id,
-        float(prediction.time),
-        prediction.model,
-        int(prediction.version),
-        inputs,
-        input_shape,
-        outputs,
-        output_shape,
-        prediction.label,
-        prediction.trace_id,
-    )
+def stored(
+    model: str,
+    version: int,
+    ids: Sequence[str],
+    times: Sequence[float],
+    labels: Sequence[str | None],
+    traces: Sequence[str | None] | None,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+) -> Stored:
+    """Predictions of one model version as one stored batch: ``inputs`` [n, ...] and
+    ``outputs`` [n, ...] float32 (made so if they are not); inputs of :data:`PACK_FROM` bytes
+    or more packed one by one (:func:`pack`)."""
+    n = len(ids)
+    x = as_stored(inputs)
+    y = as_stored(outputs)
+    head: dict[str, object] = {"ids": ids, "times": times, "labels": labels}
+    if traces is not None and any(t is not None for t in traces):
+        head["traces"] = traces
+    raw = x.tobytes()
+    size = len(raw) // n if n else 0
+    if size >= PACK_FROM:
+        parts = [pack(raw[i : i + size]) for i in range(0, len(raw), size)]
+        head["at"] = [0, *itertools.accumulate(len(part) for part in parts)]
+        raw = b"".join(parts)
+    return Stored(
+        float(min(times)) if n else 0.0, model, int(version), n, orjson.dumps(head).decode(),
+        orjson.dumps(list(x.shape[1:])).decode(), raw,
+        orjson.dumps(list(y.shape[1:])).decode(), y.tobytes(),
+    )  # fmt: skip
+
+
+def as_stored(array: np.ndarray) -> np.ndarray:
+    """``array`` as the log stores it: contiguous little-endian float32 (a copy only if not)."""
+    if array.dtype == STORED_DTYPE and array.flags.c_contiguous:
+        return array
+    return np.ascontiguousarray(array, dtype=STORED_DTYPE)
+
+
+def batches_of(predictions: Sequence[Prediction]) -> list[Stored]:
+    """``predictions`` stored one per batch (retention then takes them one at a time; the
+    log writer stores together what a service process sent together)."""
+    return [
+        stored(p.model, p.version, [p.id], [float(p.time)], [p.label], [p.trace_id],
+               np.asarray(p.inputs)[np.newaxis], np.asarray(p.outputs)[np.newaxis])
+        for p in predictions
+    ]  # fmt: skip
 
 
 def from_row(row: Sequence[Any]) -> Prediction:

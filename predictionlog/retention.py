@@ -37,8 +37,9 @@ class Prunable(Protocol):
     def prune_oldest(
         self, n: int, older_than: float | None = None, pause: Callable[[], object] | None = None
     ) -> int:
-        """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
-        and their feedback; the number removed. ``pause``: called between small chunks."""
+        """Remove the oldest predictions, about ``n`` (whole batches, only those before
+        ``older_than`` if set) and their feedback; the number removed. ``pause``: called
+        between small chunks."""
         ...
 
     def reclaim(self, keep: int = 0) -> None:

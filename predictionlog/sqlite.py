@@ -11,10 +11,12 @@ fill (``Retention.slack``) go back to the file system with ``PRAGMA incremental_
 checkpointed every ``WAL_BYTES`` (in pages of the file's size) and truncated to ``WAL_LIMIT``
 bytes after one.
 
-Cost, measured on a log at its bound (a 64 MB bound, fashion-cnn rows of 3.3 KB, the writer
-inserting 128 rows and pruning as many per round; CPU per row written): 31 µs with SQLite's
-defaults as Debian builds it, 15 µs with the three choices below (12 µs vs 9 µs for
-500-byte rows).
+The tables (``sql``'s docstring: a row per batch the writer received, an index of ids, a
+view with a row per prediction) are made here, and a log with a row per prediction is
+converted when opened (``_convert``). The three choices below were measured before batches,
+with a row per prediction, on a log at its bound (a 64 MB bound, fashion-cnn rows of 3.3 KB,
+the writer inserting 128 rows and pruning as many per round; CPU per row written): 31 µs
+with SQLite's defaults as Debian builds it, 15 µs with them (12 µs vs 9 µs for 500-byte rows).
 
 - Pages of ``PAGE_SIZE`` (16 KB) in a new file: an image row fills a 4 KB page alone, so
   each row inserted or pruned allocated or freed a page of its own (insert 12 -> 9 µs,
@@ -39,14 +41,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from predictionlog.records import Stored
 from predictionlog.sql import SQLStore
 
 logger = logging.getLogger("nnserve.predictionlog")
 
 #: How long a statement waits for another process's write lock before it fails (seconds).
 BUSY_TIMEOUT = 30.0
-#: The row count's two ends, each one b-tree descent (see ``SQLiteStore._count``).
-COUNT_SQL = "SELECT (SELECT min(rowid) FROM predictions), (SELECT max(rowid) FROM predictions)"
 #: The page size of a new file (bytes; see the module docstring).
 PAGE_SIZE = 16384
 #: Each connection's page cache (KiB; SQLite's default here is 2 MB, 125 pages of 16 KB):
@@ -64,27 +65,51 @@ WAL_BYTES, WAL_LIMIT = 1 << 20, 4 << 20
 BUSY_WAL_BYTES = 4 << 20
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS prediction_batches (
+    first INTEGER NOT NULL,
     time REAL NOT NULL,
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
-    inputs BLOB NOT NULL,
+    n INTEGER NOT NULL,
+    rows TEXT NOT NULL,
     input_shape TEXT NOT NULL,
-    outputs BLOB NOT NULL,
+    inputs BLOB NOT NULL,
     output_shape TEXT NOT NULL,
-    label TEXT,
-    trace_id TEXT
+    outputs BLOB NOT NULL
 );
-DROP INDEX IF EXISTS predictions_model_time;
+CREATE TABLE IF NOT EXISTS prediction_ids (
+    id TEXT PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    row INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS predictions AS SELECT
+    i.id AS id,
+    json_extract(b.rows, '$.times[' || i.row || ']') AS time,
+    b.model AS model,
+    b.version AS version,
+    coalesce(CASE WHEN json_type(b.rows, '$.at') IS NULL
+        THEN substr(b.inputs, i.row * (length(b.inputs) / b.n) + 1, length(b.inputs) / b.n)
+        ELSE substr(
+            b.inputs, json_extract(b.rows, '$.at[' || i.row || ']') + 1,
+            json_extract(b.rows, '$.at[' || (i.row + 1) || ']')
+            - json_extract(b.rows, '$.at[' || i.row || ']'))
+    END, x'') AS inputs,
+    b.input_shape AS input_shape,
+    coalesce(substr(b.outputs, i.row * (length(b.outputs) / b.n) + 1, length(b.outputs) / b.n),
+             x'') AS outputs,
+    b.output_shape AS output_shape,
+    json_extract(b.rows, '$.labels[' || i.row || ']') AS label,
+    json_extract(b.rows, '$.traces[' || i.row || ']') AS trace_id,
+    b.first + i.row AS seq
+FROM prediction_ids i JOIN prediction_batches b ON b.rowid = i.batch;
 CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY REFERENCES predictions (id),
+    id TEXT PRIMARY KEY REFERENCES prediction_ids (id),
     label TEXT NOT NULL,
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_time ON feedback (time);
 CREATE TABLE IF NOT EXISTS actuals (
-    id TEXT NOT NULL REFERENCES predictions (id),
+    id TEXT NOT NULL REFERENCES prediction_ids (id),
     step INTEGER NOT NULL,
     value REAL NOT NULL,
     time REAL NOT NULL,
@@ -92,13 +117,47 @@ CREATE TABLE IF NOT EXISTS actuals (
 );
 CREATE INDEX IF NOT EXISTS actuals_time ON actuals (time);
 """
-#: Columns added since the table was first made: (name, type), added to an older file when
-#: it is opened (SQLite adds a nullable column without rewriting the table).
-_ADDED = (("trace_id", "TEXT"),)
+#: A log made with a row per prediction (before batches): its rows become batches of one,
+#: and feedback and actuals move to tables that refer to the ids (each is renamed first and
+#: copied once the new one exists: ``SQLiteStore._convert``).
+_OLD_TABLES = ("feedback", "actuals")
+_CONVERT = """
+INSERT INTO prediction_batches
+    (first, time, model, version, n, rows, input_shape, inputs, output_shape, outputs)
+SELECT row_number() OVER (ORDER BY rowid) - 1, time, model, version, 1,
+    json_object('ids', json_array(id), 'times', json_array(time), 'labels', json_array(label),
+                'traces', json_array(trace_id)),
+    input_shape, inputs, output_shape, outputs
+FROM predictions ORDER BY rowid;
+INSERT INTO prediction_ids (id, batch, row)
+SELECT json_extract(rows, '$.ids[0]'), rowid, 0 FROM prediction_batches;
+DROP TABLE predictions;
+"""
+#: A batch row (``records.Stored``'s fields in order) after those logged before it (``first``:
+#: how many, over the file's life), so that the count is two b-tree descents, not a scan.
+INSERT_BATCH = (
+    "INSERT INTO prediction_batches (first, time, model, version, n, rows, input_shape, "
+    "inputs, output_shape, outputs) VALUES (coalesce((SELECT first + n FROM "
+    "prediction_batches ORDER BY rowid DESC LIMIT 1), 0), ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: The predictions logged: first + n of the newest batch less first of the oldest.
+COUNT_SQL = (
+    "SELECT coalesce((SELECT first + n FROM prediction_batches ORDER BY rowid DESC LIMIT 1) "
+    "- (SELECT first FROM prediction_batches ORDER BY rowid LIMIT 1), 0)"
+)
+#: A batch's ids, from its JSON (``records.Stored``), each under the batch and its row.
+INSERT_IDS = (
+    "INSERT INTO prediction_ids (id, batch, row) SELECT value, ?, key "
+    "FROM json_each(?, '$.ids') WHERE true ON CONFLICT (id) DO NOTHING"
+)
 
 
 class SQLiteStore(SQLStore):
     """A :class:`~predictionlog.store.Store` in one SQLite file (created with its folders)."""
+
+    batch_ids = (
+        "SELECT j.value FROM prediction_batches b, json_each(b.rows, '$.ids') j WHERE b.rowid = ?"
+    )
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -121,20 +180,42 @@ class SQLiteStore(SQLStore):
             self.saturated(False)
             self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             with self._transaction() as conn:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                present = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-                for column, kind in _ADDED:
-                    if column not in present:
-                        logger.info("adding column %s to the predictions table", column)
-                        conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
+                old = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'predictions'"
+                ).fetchone()
+                if old:
+                    self._convert(conn)
+                else:
+                    _run(conn, _SCHEMA)
         except BaseException:
             self.close()
             raise
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    def _convert(self, conn: sqlite3.Connection) -> None:
+        """A log with a row per prediction becomes one of batches, in the caller's transaction."""
+        count = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        logger.info("converting %s to batches (%d predictions)", self.path, count)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+        if "trace_id" not in present:  # made before tracing
+            conn.execute("ALTER TABLE predictions ADD COLUMN trace_id TEXT")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        old = [table for table in _OLD_TABLES if table in tables]
+        for table in old:
+            conn.execute(f"DROP INDEX IF EXISTS {table}_time")
+            conn.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
+        _run(conn, _SCHEMA.split("CREATE VIEW")[0])  # the batches' tables
+        _run(conn, _CONVERT)
+        _run(conn, _SCHEMA)
+        for table in old:
+            conn.execute(f"INSERT INTO {table} SELECT * FROM old_{table}")
+            conn.execute(f"DROP TABLE old_{table}")
+
+    def _insert(self, conn: sqlite3.Connection, batch: Stored) -> None:
+        cursor = conn.execute(INSERT_BATCH, batch)
+        conn.execute(INSERT_IDS, (cursor.lastrowid, batch.rows))
 
     def _incremental_vacuum(self) -> None:
         """Pages freed by retention can go back to the file system: set on a new file (with
@@ -151,12 +232,7 @@ class SQLiteStore(SQLStore):
             self._conn.execute("VACUUM")
 
     def _count(self, conn: sqlite3.Connection) -> int:
-        """Rows, without a scan: rowids are dense here (rows are only ever appended, and
-        pruned from the oldest end), so the span of rowids is the count. Two subqueries:
-        SQLite finds a lone min() or max() at one end of the b-tree, but a query asking for
-        both scans the whole table (a second's worth of reading every second on a 1 GB log)."""
-        low, high = conn.execute(COUNT_SQL).fetchone()
-        return 0 if low is None else int(high - low + 1)
+        return int(conn.execute(COUNT_SQL).fetchone()[0])
 
     def _live_bytes(self, conn: sqlite3.Connection, rows: int) -> int:
         """The pages in use (the file is this plus free pages not yet reclaimed)."""
@@ -204,3 +280,11 @@ class SQLiteStore(SQLStore):
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` in the caller's transaction (``executescript`` would
+    commit it first)."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from predictionlog.records import Feedback, Prediction, Row
+from predictionlog.records import Feedback, Prediction, Stored
 from predictionlog.retention import Usage
 from predictionlog.sqlite import SQLiteStore
 
@@ -31,11 +31,11 @@ class Store(Protocol):
         """Store ``rows`` in one transaction; an id already stored is ignored (idempotent)."""
         ...
 
-    def write_rows(
-        self, rows: Sequence[Row], pause: Callable[[], object] | None = None, chunk: int = 16
+    def write_batches(
+        self, batches: Sequence[Stored], pause: Callable[[], object] | None = None
     ) -> None:
-        """Rows already encoded (``records.COLUMNS`` order), in one transaction; ``pause``
-        is called between chunks of ``chunk`` rows."""
+        """Batches already encoded (``records.stored``), in one transaction; ``pause`` is
+        called after each."""
         ...
 
     def usage(self) -> Usage:
@@ -45,9 +45,9 @@ class Store(Protocol):
     def prune_oldest(
         self, n: int, older_than: float | None = None, pause: Callable[[], object] | None = None
     ) -> int:
-        """Remove up to ``n`` oldest predictions (only those before ``older_than`` if set)
-        with their feedback, in one transaction; the number removed. ``pause`` is called
-        between chunks of a few predictions."""
+        """Remove the oldest batches holding at most ``n`` predictions (or the oldest one, if
+        it holds more; only those before ``older_than`` if set) with their feedback, in one
+        transaction; the predictions removed. ``pause`` is called after each batch."""
         ...
 
     def reclaim(self, keep: int = 0) -> None:

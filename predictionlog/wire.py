@@ -18,14 +18,14 @@ figures). Answers are JSON.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from math import prod
 from typing import NamedTuple
 
 import numpy as np
 import orjson
 
-from predictionlog.records import PACK_FROM, STORED_DTYPE, Row, pack
+from predictionlog.records import STORED_DTYPE, Stored, as_stored, stored
 
 BATCH, FLUSH, STATS, DROPPED = b"B", b"F", b"S", b"X"
 #: What a connection says first: it sends batches, or it asks (flush, stats).
@@ -51,28 +51,13 @@ class Batch(NamedTuple):
     #: Each row's own time (several runs merged into one batch), or None: ``time`` for all.
     times: Sequence[float] | None = None
 
-    def rows(self) -> Iterator[Row]:
-        """Predictions-table rows (see ``records.COLUMNS``)."""
-        input_shape = orjson.dumps(list(self.inputs.shape[1:])).decode()
-        output_shape = orjson.dumps(list(self.outputs.shape[1:])).decode()
-        n = len(self.ids)
-        times = [self.time] * n if self.times is None else self.times
-        traces = [None] * n if self.traces is None else self.traces
-        inputs, outputs = _row_bytes(self.inputs, n), _row_bytes(self.outputs, n)
-        if inputs and len(inputs[0]) >= PACK_FROM:  # images: stored compressed (``records``)
-            inputs = [pack(x) for x in inputs]
-        model, version = self.model, self.version
-        for pid, at, x, y, label, trace in zip(
-            self.ids, times, inputs, outputs, self.labels, traces, strict=True
-        ):
-            yield (pid, at, model, version, x, input_shape, y, output_shape, label, trace)
-
-
-def _row_bytes(array: np.ndarray, n: int) -> list[bytes]:
-    """Each row's float32 bytes: slices of one ``tobytes`` (a tenth of a ``tobytes`` per row)."""
-    data = _stored(array).tobytes()
-    size = len(data) // n if n else 0
-    return [data[i : i + size] for i in range(0, len(data), size)] if size else [b""] * n
+    def stored(self) -> Stored:
+        """The batch as the store keeps it (``records.Stored``)."""
+        times = [self.time] * len(self.ids) if self.times is None else self.times
+        return stored(
+            self.model, self.version, self.ids, times, self.labels, self.traces,
+            self.inputs, self.outputs,
+        )  # fmt: skip
 
 
 def merge(batches: Sequence[Batch]) -> list[Batch]:
@@ -95,8 +80,8 @@ def merge(batches: Sequence[Batch]) -> list[Batch]:
                 first.version,
                 first.time,
                 [i for b in group for i in b.ids],
-                np.concatenate([_stored(b.inputs) for b in group]),
-                np.concatenate([_stored(b.outputs) for b in group]),
+                np.concatenate([as_stored(b.inputs) for b in group]),
+                np.concatenate([as_stored(b.outputs) for b in group]),
                 [label for b in group for label in b.labels],
                 [t for b in group for t in (b.traces or [None] * len(b.ids))] if traced else None,
                 [t for b in group for t in (b.times or [b.time] * len(b.ids))],
@@ -120,7 +105,7 @@ def _per_row(batch: Batch) -> int:
 def encode(batch: Batch) -> list[bytes]:
     """One or more messages of at most :data:`MAX_MESSAGE` bytes; a single prediction larger
     than that cannot be sent and gives ``[]`` (the caller counts it as dropped)."""
-    inputs, outputs = _stored(batch.inputs), _stored(batch.outputs)
+    inputs, outputs = as_stored(batch.inputs), as_stored(batch.outputs)
     n = len(batch.ids)
     per_row = _per_row(batch)
     if inputs.nbytes + outputs.nbytes + per_row * n + 512 <= MAX_MESSAGE:  # the usual case
@@ -140,12 +125,6 @@ def encode(batch: Batch) -> list[bytes]:
             return []
         messages.append(message)
     return messages
-
-
-def _stored(array: np.ndarray) -> np.ndarray:
-    if array.dtype == STORED_DTYPE and array.flags.c_contiguous:
-        return array
-    return np.ascontiguousarray(array, dtype=STORED_DTYPE)
 
 
 def _message(

@@ -34,7 +34,7 @@ from predictionlog.counters import Counters
 from predictionlog.drift import Drifts
 from predictionlog.pacing import Pacer, runs
 from predictionlog.pruner import Pruner
-from predictionlog.records import Row
+from predictionlog.records import Stored
 from predictionlog.retention import Retention
 from predictionlog.store import Store
 from predictionlog.wire import (
@@ -50,8 +50,6 @@ from predictionlog.wire import (
 )  # fmt: skip
 
 log = logging.getLogger("nnserve.predictionlog.writer")
-#: Rows inserted between two pauses (``pacing``: the pacer pauses once a burst took 100 µs).
-INSERT_CHUNK = 8
 #: Seconds between drift updates (each bins only the rows still in the window after it) ...
 DRIFT_EVERY = 2.0
 #: ... in chunks of this many rows (time steps for sequences): below 100 µs each.
@@ -87,7 +85,8 @@ class Writer:
         self.selector.register(listener, selectors.EVENT_READ)
         self.connections: set[socket.socket] = set()
         self.data: set[socket.socket] = set()  # of those, the ones that send batches
-        self.pending: list[Row] = []
+        self.pending: list[Stored] = []  # batches received, not yet committed
+        self.pending_rows = 0  # the predictions in them
         self.drifts = Drifts(repository, drift_window)
         self.pending_since = 0.0
         #: written, dropped (here and reported by the services), pruned, malformed
@@ -127,7 +126,7 @@ class Writer:
             more = self._read_data(limit=256)
             now = time.monotonic()
             if self.pending and (
-                now >= self.pending_since + self.linger or len(self.pending) >= self.batch_rows
+                now >= self.pending_since + self.linger or self.pending_rows >= self.batch_rows
             ):
                 self._commit()
                 self._prune()
@@ -255,30 +254,32 @@ class Writer:
         self.pacer.ran(len(batch.ids), runs(batch.times))
         if not self.pending:
             self.pending_since = time.monotonic()
-        self.pending.extend(batch.rows())
+        self.pending.append(batch.stored())
+        self.pending_rows += len(batch.ids)
         self.drifts.observe(batch.model, batch.version, batch.inputs)
 
     def _commit(self) -> None:
         if not self.pending:
             return
-        rows, self.pending = self.pending, []
-        incoming = self.pruner.bytes_of(rows)
-        self.pacer.lag(time.time() - rows[0][1])  # the oldest row's age
+        batches, rows = self.pending, self.pending_rows
+        self.pending, self.pending_rows = [], 0
+        incoming = self.pruner.bytes_of(batches, rows)
+        self.pacer.lag(time.time() - batches[0].time)  # the oldest row's age
         if self.pacer.saturated != self.saturated:
             self.saturated = self.pacer.saturated
             self.store.saturated(self.saturated)
-        self.pruner.make_room(len(rows), incoming)
+        self.pruner.make_room(rows, incoming)
         try:
-            self.store.write_rows(rows, pause=self._pause, chunk=INSERT_CHUNK)
+            self.store.write_batches(batches, pause=self._pause)
         except Exception as exc:
-            self.counts.add("dropped", len(rows))
+            self.counts.add("dropped", rows)
             self.drifts.written(False)  # rows not written do not count for drift either
-            log.error("writing %d predictions to the log failed; dropped: %s", len(rows), exc)
+            log.error("writing %d predictions to the log failed; dropped: %s", rows, exc)
             return
         self._pause()
         self.drifts.written(True)
-        self.counts.add("written", len(rows))
-        self.pruner.grew(len(rows), incoming)
+        self.counts.add("written", rows)
+        self.pruner.grew(rows, incoming)
         if time.monotonic() >= self.next_drift:  # vectorized over many commits' rows
             self._drift_now()
 

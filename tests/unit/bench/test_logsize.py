@@ -33,8 +33,8 @@ def test_each_models_share_of_the_file_per_prediction(tmp_path: Path) -> None:
     path = tmp_path / "predictions.db"
     store = SQLiteStore(path)
     for start in range(0, 2000, 100):
-        store.write_rows(list(logged("tabular", 100, 30, start).rows()))
-        store.write_rows(list(logged("images", 100, 784, start).rows()))
+        store.write_batches([logged("tabular", 100, 30, start).stored()])
+        store.write_batches([logged("images", 100, 784, start).stored()])
     store.prune_oldest(1000)  # retention ran meanwhile: the file did not grow by these rows
     usage = store.usage()
     store.close()

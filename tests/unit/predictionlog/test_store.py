@@ -85,19 +85,24 @@ def fashion_image(seed: int) -> np.ndarray:
 
 def test_large_arrays_are_stored_compressed_when_that_pays(store: Store) -> None:
     """Images go to the store as LZ4 blocks (a third of their bytes here) through both write
-    paths, the writer's rows and ``write_predictions``, and read back exactly; noise does
-    not compress and is stored as it is."""
+    paths, the writer's batches (each image packed by itself, at its offset) and
+    ``write_predictions``, and read back exactly; noise does not compress and is stored as it
+    is."""
     image = Prediction(
         "img", T0, "fashion-cnn", 1, fashion_image(0), np.ones(10, np.float32), "Bag"
     )
     noise = prediction("noise", shape=(28, 28))
     store.write_predictions([image, noise])
-    sent = Batch("fashion-cnn", 1, T0, ["wire"], fashion_image(1)[None], np.ones((1, 10)), ["Bag"])
-    (row,) = sent.rows()
-    assert len(row[4]) < 0.5 * 28 * 28 * 4  # packed before it reaches the store
-    store.write_rows([row])
-    for want, inputs in ((image, image.inputs), (noise, noise.inputs), (None, sent.inputs[0])):
-        got = store.get_prediction(want.id if want else "wire")
+    images = np.stack([fashion_image(1), fashion_image(2), fashion_image(3)])
+    sent = Batch("fashion-cnn", 1, T0, ["w0", "w1", "w2"], images, np.ones((3, 10)), ["Bag"] * 3)
+    batch = sent.stored()
+    assert batch.n == 3 and len(batch.inputs) < 0.5 * images.nbytes  # packed before the store
+    offsets = json.loads(batch.rows)["at"]
+    assert offsets[0] == 0 and offsets[-1] == len(batch.inputs) and len(offsets) == 4
+    store.write_batches([batch])
+    wanted = [(image.id, image.inputs), (noise.id, noise.inputs)]
+    for want, inputs in [*wanted, *((f"w{i}", images[i]) for i in range(3))]:
+        got = store.get_prediction(want)
         assert got is not None
         np.testing.assert_array_equal(got.inputs, inputs)
         assert got.inputs.dtype == np.float32 and got.inputs.shape == (28, 28)
@@ -216,8 +221,17 @@ OLD_PREDICTIONS = """CREATE TABLE predictions ({seq}id TEXT PRIMARY KEY, time {r
     input_shape TEXT NOT NULL, outputs {blob} NOT NULL, output_shape TEXT NOT NULL, label TEXT)"""
 
 
-def test_an_older_log_gains_the_trace_id_column_when_opened(store_url: str) -> None:
+def test_a_log_of_rows_before_batches_and_trace_ids_is_converted_when_opened(
+    store_url: str,
+) -> None:
+    """A log from before trace ids and batches (a table with a row per prediction, feedback
+    referring to it): its predictions, feedback and order are kept, and the keys hold."""
     old = prediction("old")
+    older = prediction("older", time=T0 - 5)
+    feedback = (
+        "CREATE TABLE feedback (id TEXT PRIMARY KEY REFERENCES predictions (id), "
+        "label TEXT NOT NULL, time {real} NOT NULL)"
+    )
     values = (old.id, old.time, old.model, old.version, old.inputs.tobytes(), "[4]",
               old.outputs.tobytes(), "[3]", old.label)  # fmt: skip
     if store_url.startswith("sqlite"):
@@ -226,6 +240,13 @@ def test_an_older_log_gains_the_trace_id_column_when_opened(store_url: str) -> N
         with closing(sqlite3.connect(path)) as conn, conn:
             conn.execute(OLD_PREDICTIONS.format(seq="", real="REAL", blob="BLOB"))
             conn.execute(f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})", values)
+            conn.execute(
+                f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})",
+                (older.id, older.time, "m", 1, older.inputs.tobytes(), "[4]",
+                 older.outputs.tobytes(), "[3]", older.label),
+            )  # fmt: skip
+            conn.execute(feedback.format(real="REAL"))
+            conn.execute("INSERT INTO feedback VALUES ('old', 'b', 1.0)")
     else:
         import psycopg
 
@@ -242,13 +263,33 @@ def test_an_older_log_gains_the_trace_id_column_when_opened(store_url: str) -> N
                 f"outputs, output_shape, label) VALUES ({', '.join(['%s'] * 9)})",
                 values,
             )
-    for _ in range(2):  # opening it again finds the column there
+            conn.execute(
+                "INSERT INTO predictions (id, time, model, version, inputs, input_shape, "
+                f"outputs, output_shape, label) VALUES ({', '.join(['%s'] * 9)})",
+                (older.id, older.time, "m", 1, older.inputs.tobytes(), "[4]",
+                 older.outputs.tobytes(), "[3]", older.label),
+            )  # fmt: skip
+            conn.execute(feedback.format(real="DOUBLE PRECISION"))
+            conn.execute("INSERT INTO feedback VALUES ('old', 'b', 1.0)")
+    for again in range(2):  # opening it again finds it converted
         with closing(open_store(store_url)) as store:
             assert store.get_prediction("old") == old  # trace_id None
-            new = Prediction(**{**vars(prediction("new")), "trace_id": "cd" * 16})
+            assert store.get_prediction("older") == older
+            new = Prediction(**{**vars(prediction(f"new{again}")), "trace_id": "cd" * 16})
             store.write_predictions([new])
-            assert store.get_prediction("new") == new
-            assert store.count_predictions() == 2
+            assert store.get_prediction(new.id) == new
+            assert store.count_predictions() == 3 + again
+            assert store.usage().rows == 3 + again
+            if not again:
+                assert [(p.id, label) for p, label in store.labelled("m")] == [("old", "b")]
+                with pytest.raises(FeedbackConflict):
+                    store.record_feedback(Feedback("old", "c", T0))
+            else:  # in insertion order, not by time: "old" was inserted first
+                assert store.prune_oldest(1) == 1 and store.get_prediction("old") is None
+                assert store.labelled("m") == []  # its feedback went with it
+    if store_url.startswith("sqlite"):
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 def test_everything_survives_a_restart_and_other_processes_see_it(store_url: str) -> None:
@@ -398,21 +439,22 @@ def test_retention_prunes_the_oldest_by_age_and_rows_with_their_feedback(store: 
         store.record_feedback(Feedback("p24", "a", T0))  # pruned: feedback cannot join
 
 
-def test_pruning_offers_a_pause_between_chunks_of_one_transaction(store: Store) -> None:
-    """The writer hands its pause to pruning as to inserts: called after every 8 rows (and
-    after the last); what is removed is the same as in one go, feedback included."""
+def test_pruning_offers_a_pause_between_batches_of_one_transaction(store: Store) -> None:
+    """The writer hands its pause to pruning as to inserts: called after every batch (here
+    one prediction each: ``write_predictions``); what is removed is the same as in one go,
+    feedback included."""
     store.write_predictions([prediction(f"p{i}", time=T0 + i) for i in range(30)])
     for i in (2, 19, 20):
         store.record_feedback(Feedback(f"p{i}", "a", T0))
     pauses: list[int] = []
     assert store.prune_oldest(20, pause=lambda: pauses.append(1)) == 20
-    assert len(pauses) == 3  # after rows 8, 16 and 20
+    assert len(pauses) == 20
     assert store.usage().rows == 10 and store.get_prediction("p19") is None
     assert [p.id for p, _ in store.labelled("m")] == ["p20"]
     old = Retention(max_age_s=100.0, max_rows=None, max_bytes=None, batch=64)
     pauses.clear()
     assert old.step(store, now=T0 + 100 + 25, pause=lambda: pauses.append(1)) == 5
-    assert len(pauses) == 1 and store.get_prediction("p25") is not None
+    assert len(pauses) == 5 and store.get_prediction("p25") is not None
 
 
 def test_retention_by_bytes_keeps_the_newest_within_the_bound(store: Store) -> None:
@@ -668,9 +710,10 @@ def test_room_is_made_before_a_commit_that_would_pass_a_bound() -> None:
 
 
 def test_measuring_a_sqlite_log_reads_its_two_ends_not_every_row(sqlite_path: Path) -> None:
-    """The writer measures the log every second: the row count is the span of rowids, found
-    by two b-tree descents; a query asking for min() and max() at once scanned every row
-    (42 ms every second on an 84 MB log). Counted in SQLite virtual-machine steps."""
+    """The writer measures the log every second: the count is the newest batch's ``first +
+    n`` less the oldest one's ``first``, two b-tree descents; a scan of the batches (or a
+    query asking for min() and max() at once) reads every one (42 ms every second on an 84
+    MB log). Counted in SQLite virtual-machine steps."""
     steps: dict[int, int] = {}
     with SQLiteStore(sqlite_path) as store:
         for total in (100, 5_000):

@@ -4,6 +4,7 @@ sent is committed once, flush, SIGTERM, kill -9, a full disk, a writer that fall
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -51,7 +52,7 @@ def writer(tmp_path: Path) -> Iterator[WriterProcess]:
 
 def stored(tmp_path: Path) -> list[str]:
     with closing(sqlite3.connect(tmp_path / "log.db")) as conn:
-        return [i for (i,) in conn.execute("SELECT id FROM predictions ORDER BY rowid")]
+        return [i for (i,) in conn.execute("SELECT id FROM predictions ORDER BY seq")]
 
 
 # -- the wire format -----------------------------------------------------------------------
@@ -64,9 +65,12 @@ def test_a_batch_goes_over_the_wire_exactly() -> None:
     )  # fmt: skip
     np.testing.assert_array_equal(got.inputs, sent.inputs)
     np.testing.assert_array_equal(got.outputs, sent.outputs)
-    rows = list(got.rows())
-    assert rows[1][:4] == ("p-1", T0, "m", 1) and rows[1][8] == "a"
-    assert np.frombuffer(rows[1][4], "<f4").tolist() == sent.inputs[1].tolist()
+    stored = got.stored()
+    assert (stored.model, stored.version, stored.n, stored.time) == ("m", 1, 5, T0)
+    rows = json.loads(stored.rows)
+    assert rows["ids"][1] == "p-1" and rows["times"][1] == T0 and rows["labels"][1] == "a"
+    assert "at" not in rows and "traces" not in rows  # rows of one size, none traced
+    assert np.frombuffer(stored.inputs, "<f4").reshape(5, -1).tolist() == sent.inputs.tolist()
 
 
 def test_trace_ids_go_over_the_wire_per_row_and_only_when_there_are_some() -> None:
@@ -75,11 +79,11 @@ def test_trace_ids_go_over_the_wire_per_row_and_only_when_there_are_some() -> No
     (message,) = encode(sent)
     got = decode(message)
     assert list(got.traces or ()) == traces
-    assert [row[9] for row in got.rows()] == traces
-    # without trace ids (tracing off) the message is what it was: no key, None in every row
+    assert json.loads(got.stored().rows)["traces"] == traces
+    # without trace ids (tracing off) the message is what it was: no key, and none stored
     (plain,) = encode(batch("t", n=5))
     assert b"traces" not in plain and decode(plain).traces is None
-    assert [row[9] for row in decode(plain).rows()] == [None] * 5
+    assert "traces" not in json.loads(decode(plain).stored().rows)
     # split messages keep each row's trace id with it
     images = batch("img", n=100, width=28 * 28)._replace(traces=[f"{i:032x}" for i in range(100)])
     messages = encode(images)
@@ -108,12 +112,13 @@ def test_gathered_batches_merge_into_one_per_version_and_keep_each_rows_time() -
     assert [(m.model, len(m.ids)) for m in merged] == [("m", 6), ("other", 1)]
     (message,) = encode(merged[0])
     got = decode(message)
-    rows = list(got.rows())
-    assert [r[0] for r in rows] == [*a1.ids, *a2.ids, *a3.ids]
-    assert [r[1] for r in rows] == [T0 + 1] * 2 + [T0 + 2] * 3 + [T0 + 3]
-    assert [r[9] for r in rows] == [None, None, "ab" * 16, None, "cd" * 16, None]
+    stored = got.stored()
+    rows = json.loads(stored.rows)
+    assert rows["ids"] == [*a1.ids, *a2.ids, *a3.ids]
+    assert rows["times"] == [T0 + 1] * 2 + [T0 + 2] * 3 + [T0 + 3] and stored.time == T0 + 1
+    assert rows["traces"] == [None, None, "ab" * 16, None, "cd" * 16, None]
     expected = np.concatenate([a1.inputs, a2.inputs, a3.inputs])
-    assert [np.frombuffer(r[4], "<f4").tolist() for r in rows] == expected.tolist()
+    assert stored.inputs == expected.astype("<f4").tobytes()
     assert merge([b1]) == [b1]  # alone: as it was
     bad = message.replace(b'"times":[', b'"times":["soon",', 1)
     with pytest.raises(ValueError):
@@ -305,8 +310,10 @@ def test_retention_runs_in_the_writer(tmp_path: Path) -> None:
     while (figures := log.stats()) is not None and figures["rows"] > 100:
         assert time.monotonic() < deadline, figures
         time.sleep(0.2)
-    assert figures is not None and figures["pruned"] == 200
-    assert stored(tmp_path)[0] == "r66-2"  # the newest 100 remain
+    # whole batches (each record() of 3 rows was sent, and is stored, as one): the newest
+    # 33 remain, 99 rows, the most that fit in 100
+    assert figures is not None and figures["pruned"] == 201 and figures["rows"] == 99
+    assert stored(tmp_path)[0] == "r67-0"
     log.close()
     writer.stop()
 
@@ -352,7 +359,7 @@ def test_the_writer_logs_to_postgresql_with_retention() -> None:
                 assert time.monotonic() < deadline, figures
                 time.sleep(0.2)
             with closing(open_store(url)) as store:
-                assert store.count_predictions() == 50
+                assert store.count_predictions() == 48  # whole batches of 3
                 got = store.get_prediction("pg39-2")
                 assert got is not None and got.inputs.shape == (30,)
                 assert store.get_prediction("pg0-0") is None  # pruned, oldest first
@@ -389,7 +396,7 @@ def test_the_writer_tells_its_store_when_the_service_is_saturated(tmp_path: Path
         writer = Writer(store, listener, pacer=pacer)
         for prefix, busy in (("a", False), ("b", True), ("c", True), ("d", False)):
             pacer.saturated = busy
-            writer.pending = list(batch(prefix).rows())
+            writer.pending, writer.pending_rows = [batch(prefix).stored()], 3
             writer._commit()
         assert told == [True, False] and store.count_predictions() == 12
         for end in (writer._wake_read, writer._wake_write, writer.selector):

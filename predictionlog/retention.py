@@ -54,8 +54,9 @@ class Retention:
     max_rows: int | None = None
     max_bytes: int | None = 1 << 30
     #: rows removed per step at most: one transaction (the writer hands it its pause: it
-    #: offers the CPU every few rows, see ``SQLStore.prune_oldest``)
-    batch: int = 64
+    #: offers the CPU after every batch, see ``SQLStore.prune_oldest``); each commit writes
+    #: the pages it changed, so fewer and larger steps cost a draining log less
+    batch: int = 512
     high: float = 0.95
     low: float = 0.85
     #: between the marks: pruning down to the low one since the high one was passed

@@ -232,19 +232,17 @@ def test_a_log_of_rows_before_batches_and_trace_ids_is_converted_when_opened(
         "CREATE TABLE feedback (id TEXT PRIMARY KEY REFERENCES predictions (id), "
         "label TEXT NOT NULL, time {real} NOT NULL)"
     )
-    values = (old.id, old.time, old.model, old.version, old.inputs.tobytes(), "[4]",
-              old.outputs.tobytes(), "[3]", old.label)  # fmt: skip
+    values = [
+        (p.id, p.time, p.model, p.version, p.inputs.tobytes(), "[4]", p.outputs.tobytes(), "[3]",
+         p.label)
+        for p in (old, older)
+    ]  # fmt: skip
     if store_url.startswith("sqlite"):
         path = Path(store_url.removeprefix("sqlite://"))
         path.parent.mkdir(parents=True)
         with closing(sqlite3.connect(path)) as conn, conn:
             conn.execute(OLD_PREDICTIONS.format(seq="", real="REAL", blob="BLOB"))
-            conn.execute(f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})", values)
-            conn.execute(
-                f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})",
-                (older.id, older.time, "m", 1, older.inputs.tobytes(), "[4]",
-                 older.outputs.tobytes(), "[3]", older.label),
-            )  # fmt: skip
+            conn.executemany(f"INSERT INTO predictions VALUES ({', '.join('?' * 9)})", values)
             conn.execute(feedback.format(real="REAL"))
             conn.execute("INSERT INTO feedback VALUES ('old', 'b', 1.0)")
     else:
@@ -258,17 +256,11 @@ def test_a_log_of_rows_before_batches_and_trace_ids_is_converted_when_opened(
                     blob="BYTEA",
                 )
             )
-            conn.execute(
+            conn.cursor().executemany(
                 "INSERT INTO predictions (id, time, model, version, inputs, input_shape, "
                 f"outputs, output_shape, label) VALUES ({', '.join(['%s'] * 9)})",
                 values,
             )
-            conn.execute(
-                "INSERT INTO predictions (id, time, model, version, inputs, input_shape, "
-                f"outputs, output_shape, label) VALUES ({', '.join(['%s'] * 9)})",
-                (older.id, older.time, "m", 1, older.inputs.tobytes(), "[4]",
-                 older.outputs.tobytes(), "[3]", older.label),
-            )  # fmt: skip
             conn.execute(feedback.format(real="DOUBLE PRECISION"))
             conn.execute("INSERT INTO feedback VALUES ('old', 'b', 1.0)")
     for again in range(2):  # opening it again finds it converted

@@ -109,14 +109,9 @@ def pack(raw: bytes) -> bytes:
     return packed if len(packed) <= PACK_RATIO * len(raw) else raw
 
 
-def encode_array(array: np.ndarray) -> tuple[bytes, str]:
-    """``(little-endian float32 bytes in C order, packed; shape as JSON text)``."""
-    stored = np.asarray(array, dtype=STORED_DTYPE)
-    return pack(stored.tobytes(order="C")), json.dumps(list(stored.shape))
-
-
 def decode_array(data: bytes | memoryview, shape: str) -> np.ndarray:
-    """The inverse of :func:`encode_array`: a fresh, writable, native float32 array."""
+    """An array as stored (its float32 bytes, or :func:`pack` of them; its shape as JSON
+    text): a fresh, writable, native float32 array."""
     dims = json.loads(shape)
     if not isinstance(dims, list) or not all(isinstance(d, int) and d >= 0 for d in dims):
         raise ValueError(f"not an array shape: {shape!r}")

@@ -1,5 +1,6 @@
 """The prediction log in the bench: its start near the bound (:func:`fill`), bytes per
-logged prediction (:func:`bytes_per_prediction`), drops and prunes, and the cost table.
+logged prediction (:func:`bytes_per_prediction`), drops and prunes (its cost:
+``bench.logcost``).
 
 Bytes per logged prediction, per model, come from the log's SQLite file itself.
 
@@ -14,11 +15,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from statistics import median
 
 import numpy as np
 
-from bench.harness import Row, log_total
+from bench.harness import log_total
 from predictionlog.records import stored
 from predictionlog.sqlite import SQLiteStore
 
@@ -81,49 +81,3 @@ def log_figures(port: int) -> dict[str, float]:
     everything sent so far (it measures about once a second)."""
     time.sleep(3.0)
     return {"dropped": log_total(port), "pruned": log_total(port, "pruned")}
-
-
-def log_cost(rows: list[Row], stored: dict[str, tuple[float, float]]) -> list[str]:
-    """What the prediction log costs, from the same run: throughput at concurrency 64 and p99
-    at concurrency 1, log on against log off, per model and protocol (single samples). With
-    several runs of a cell (``--cost-runs``), the medians, and in brackets the range of the
-    back-to-back off/on pairs (the n-th off run of a cell with its n-th on run)."""
-    cells: dict[tuple[str, str, int, int, str], list[Row]] = {}
-    for r in rows:
-        cells.setdefault(
-            (r.model, r.scenario, r.batch, r.concurrency, r.prediction_log), []
-        ).append(r)
-    runs = max((len(c) for c in cells.values()), default=1)
-    lines = [
-        "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
-        "",
-        f"Medians of {runs} runs of each cell, off and on back to back each time (in brackets: "
-        "the lowest and highest of those pairs)."
-        if runs > 1
-        else "One run of each cell, off and on back to back.",
-        "",
-        "| model | scenario | c=64 req/s off | on | cost | dropped at c=64 | p99 c=1 off ms "
-        "| on ms | p99 ratio | bytes per prediction | pruned |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (model, scenario, batch, concurrency, log), offs in cells.items():
-        ons = cells.get((model, scenario, batch, concurrency, "on"))
-        if (batch, concurrency, log) != (1, 64, "off") or not ons:
-            continue
-        offs_1, ons_1 = cells[(model, scenario, 1, 1, "off")], cells[(model, scenario, 1, 1, "on")]
-        off, on = median(r.req_s for r in offs), median(r.req_s for r in ons)
-        off_1, on_1 = median(r.p99_ms for r in offs_1), median(r.p99_ms for r in ons_1)
-        costs = [1 - b.req_s / a.req_s for a, b in zip(offs, ons, strict=False)]
-        ratios = [b.p99_ms / a.p99_ms for a, b in zip(offs_1, ons_1, strict=False)]
-        size, pruned = stored.get(model, (0, 0))
-        lines.append(
-            f"| {model} | {scenario} | {off:,.0f} | {on:,.0f} | {1 - on / off:.1%}"
-            f"{_spread(costs, '.1%')} | {sum(r.dropped or 0 for r in ons):,.0f} | "
-            f"{off_1:.3f} | {on_1:.3f} | {on_1 / off_1:.2f}{_spread(ratios, '.2f')} | "
-            f"{size:,.0f} | {pruned:,.0f} |"
-        )
-    return [*lines, ""] if len(lines) > 6 else []
-
-
-def _spread(values: list[float], spec: str) -> str:
-    return f" ({min(values):{spec}} to {max(values):{spec}})" if len(values) > 1 else ""

@@ -1,15 +1,18 @@
 """nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
 
     python -m bench.run [--duration 5] [--models ...] [--quick] [--prediction-log both|on|off]
-                        [--log-start near-bound|empty]
+                        [--log-start near-bound|empty] [--cost-rounds 6] [--cost-seconds 2]
 
 1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
 2. the service's own JSON decode + encode, in-process (v1 and v2);
 3. the service (`python -m service`) pinned to core 0 with `taskset`, and wrk pinned to core 1,
    for single-sample requests at concurrency 1, 16, 64 through v1 JSON, v2 JSON and v2 binary,
    and 32-sample requests at concurrency 16; once with the prediction log off and once on
-   (sampling 1.0), so its cost (throughput, p99, bytes per prediction) comes from one run; the
-   log starts at 90 % of its byte bound, so every log-on run is at its bound.
+   (sampling 1.0); the log starts at 90 % of its byte bound, so every log-on run is at its
+   bound;
+4. before those, the log's cost (``bench.logcost``): a service with the log off and one with
+   it on side by side, loaded in turn in short interleaved runs, throughput at concurrency 64
+   and p99 at concurrency 1, with the CPU each spends per request and bytes per prediction.
 
 Every service figure is printed beside its ratio to raw onnxruntime on the same core in the
 same run (samples/s ÷ raw samples/s at the same batch size). Results go to bench/results/ as
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bench import logcost
 from bench.harness import (
     RESULTS,
     ROOT,
@@ -45,7 +49,7 @@ from bench.harness import (
     write_csv,
     wrk,
 )
-from bench.logsize import FILL_FRACTION, bytes_per_prediction, fill, log_cost, log_figures
+from bench.logsize import FILL_FRACTION, fill
 from modelrepo import MODEL_FILE, scan
 from service.context import RequestContext
 from service.protocol import v1, v2
@@ -118,10 +122,8 @@ def codec_cost(model: ServedModel, seconds: float) -> list[Row]:
 
 
 # -- the service under wrk ------------------------------------------------------------------
-#: (batch, concurrency) of each service scenario ...
+#: (batch, concurrency) of each service scenario
 CASES = [(1, 1), (1, 16), (1, 64), (32, 16)]
-#: ... and those the prediction log's cost is read from, run again ``--cost-runs`` - 1 times
-COST_CASES = [(1, 1), (1, 64)]
 
 
 def main() -> None:
@@ -144,11 +146,13 @@ def main() -> None:
         "the steady state of a service that has run a while), or empty",
     )
     parser.add_argument(
-        "--cost-runs",
+        "--cost-rounds",
         type=int,
-        default=3,
-        help="off/on pairs the log's cost is the median of (default 3: single 5-second runs "
-        "here move by 5-10 points)",
+        default=6,
+        help="off/on pairs of runs per cell of the log's cost (default 6)",
+    )
+    parser.add_argument(
+        "--cost-seconds", type=float, default=2.0, help="seconds per run of the log's cost"
     )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.duration
@@ -169,13 +173,12 @@ def main() -> None:
         rows += codec_cost(model, min(seconds, 2.0))
     os.sched_setaffinity(0, {0, 1})
 
-    # Off and on back to back per model (a fair A/B on a machine whose speed drifts), each in
-    # a fresh service process: no model's scenarios run in the wake of the previous model's
-    # batch-32 flood. The log's database is kept for the whole run, so it grows as it would;
-    # it starts near its bound, so that every log-on run prunes as it logs (steady state).
+    # The log's database is kept for the whole run, so it grows as it would; it starts near
+    # its bound, so that every log-on run prunes as it logs (steady state). Its cost first,
+    # then every scenario with the log off and on, each mode in a fresh service process per
+    # model: no model's scenarios run in the wake of the previous model's batch-32 flood.
     modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
-    stored: dict[str, tuple[float, float]] = {}
-    repeats: list[Row] = []
+    cost: list[str] = []
     data = Path(tempfile.mkdtemp(prefix="nnserve-bench-data-"))
     try:
         if "on" in modes and args.log_start == "near-bound":
@@ -183,26 +186,16 @@ def main() -> None:
             filled = fill(data / "predictions.db", int(FILL_FRACTION * bound))
             print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
                   f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
+        if modes == ["off", "on"]:
+            rounds, run_s = (2, 1.0) if args.quick else (args.cost_rounds, args.cost_seconds)
+            cost = logcost.table(*logcost.measure(args.repository, models, data, rounds, run_s))
         for name, model in models.items():
             for mode in modes:
-                served, stored_now = serve(args.repository, {name: model}, raw, seconds, mode, data)
-                rows += served
-                stored.update(stored_now)
-        # the cost's cells again, each repeat after every model's (another moment of the
-        # machine): the table gives medians of back-to-back off/on pairs
-        for _ in range(args.cost_runs - 1 if modes == ["off", "on"] else 0):
-            for name, model in models.items():
-                for mode in modes:
-                    served, stored_now = serve(
-                        args.repository, {name: model}, raw, seconds, mode, data, COST_CASES
-                    )
-                    repeats += served
-                    for model_name, (size, pruned) in stored_now.items():
-                        stored[model_name] = (size, stored[model_name][1] + pruned)
+                rows += serve(args.repository, {name: model}, raw, seconds, mode, data)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     rows.sort(key=lambda r: (r.prediction_log != "", r.prediction_log, list(models).index(r.model)))
-    write_results(rows, stored, repeats)
+    write_results(rows, cost)
 
 
 def serve(
@@ -212,19 +205,15 @@ def serve(
     seconds: float,
     mode: str,
     data: Path,
-    cases: list[tuple[int, int]] = CASES,
-) -> tuple[list[Row], dict[str, tuple[float, float]]]:
-    """The service scenarios with the prediction log ``mode``; with it on, also per model the
-    bytes per prediction logged and the rows retention pruned meanwhile."""
+) -> list[Row]:
+    """The service scenarios with the prediction log ``mode``."""
     rows: list[Row] = []
-    stored: dict[str, tuple[float, float]] = {}
     port = 18000 + os.getpid() % 1000
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-"))
     server = start_server(repository, port, work / "server.log", mode == "on", data)
     try:
         for name, model in models.items():
-            before = log_figures(port) if mode == "on" else None
-            for batch, concurrency in cases:
+            for batch, concurrency in CASES:
                 for scenario, (body, ctype, hlen) in bodies(
                     model, sample_batch(model, batch)
                 ).items():
@@ -257,19 +246,10 @@ def serve(
                     )
                     rows.append(row)
                     print(f"log {mode:3s} {format_row(row)}", flush=True)
-            if before is not None:
-                after = log_figures(port)
-                size = bytes_per_prediction(data / "predictions.db", name)
-                dropped = after["dropped"] - before["dropped"]
-                stored[name] = (size, after["pruned"] - before["pruned"])
-                print(
-                    f"log on  {name}: {size:,.0f} bytes per prediction, {dropped:.0f} dropped, "
-                    f"{stored[name][1]:,.0f} pruned"
-                )
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return rows, stored
+    return rows
 
 
 def format_row(r: Row) -> str:
@@ -281,9 +261,7 @@ def format_row(r: Row) -> str:
     )
 
 
-def write_results(
-    rows: list[Row], stored: dict[str, tuple[float, float]], repeats: list[Row]
-) -> None:
+def write_results(rows: list[Row], cost: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_csv(rows, RESULTS / f"bench-{stamp}.csv", RESULTS / "latest.csv")
@@ -297,9 +275,9 @@ def write_results(
         "service with the log off, then one with it on, back to back; the log's database is "
         "kept across the models of a run, and starts at 90 % of its 1 GB bound (synthetic 1 KB "
         "rows), so retention prunes while every log-on run logs, as in a service's steady "
-        "state (`pruned`: rows it removed during the model's log-on runs).",
+        "state (`pruned`: rows it removed during the model's runs of the log's cost).",
         "",
-        *log_cost([*rows, *repeats], stored),
+        *cost,
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "
         "errors | ratio | log dropped |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

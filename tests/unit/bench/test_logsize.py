@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Row
-from bench.logsize import FILL_MODEL, FILL_ROW_BYTES, bytes_per_prediction, fill, log_cost
+from bench.logsize import FILL_MODEL, FILL_ROW_BYTES, bytes_per_prediction, fill
 from predictionlog import Batch
 from predictionlog.sqlite import SQLiteStore
 
@@ -71,27 +70,3 @@ def test_the_bench_log_starts_filled_near_its_bound(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:
         (stored,) = conn.execute("SELECT length(inputs) FROM predictions LIMIT 1").fetchone()
     assert stored == FILL_ROW_BYTES
-
-
-def test_the_cost_table_gives_medians_of_back_to_back_pairs() -> None:
-    """Three off/on pairs of each cell: the medians, the pairs' range, drops summed."""
-
-    def row(c: int, log: str, req_s: float, p99: float, dropped: float | None = None) -> Row:
-        return Row("ann", "v1", 1, c, req_s, req_s, 0.1, p99, 0, None, log, dropped)
-
-    rows = []
-    for off64, on64, off1, on1 in ((10_000, 9_000, 0.30, 0.60), (12_000, 9_600, 0.40, 0.50),
-                                   (11_000, 10_450, 0.35, 0.77)):  # fmt: skip
-        rows += [row(64, "off", off64, 1), row(1, "off", 1, off1)]
-        rows += [row(64, "on", on64, 1, 10), row(1, "on", 1, on1, 0)]
-    lines = log_cost(rows, {"ann": (220.0, 5000.0)})
-    assert "Medians of 3 runs" in lines[2]
-    (table_row,) = [line for line in lines if line.startswith("| ann ")]
-    cells = [cell.strip() for cell in table_row.strip("|").split("|")]
-    # off 11,000 / on 9,600: 12.7 %; pairs 10.0 %, 20.0 %, 5.0 %
-    assert cells[2:5] == ["11,000", "9,600", "12.7% (5.0% to 20.0%)"]
-    assert cells[5] == "30"  # every on run's drops at concurrency 64
-    # p99 medians 0.35 and 0.60: 1.71; pairs 2.00, 1.25, 2.20
-    assert cells[6:9] == ["0.350", "0.600", "1.71 (1.25 to 2.20)"]
-    assert cells[9:] == ["220", "5,000"]
-    assert log_cost(rows[:4], {})[2].startswith("One run of each cell")

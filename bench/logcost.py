@@ -1,0 +1,251 @@
+"""The prediction log's cost in the bench: two services at once, runs interleaved.
+
+A service with the log off and one with it on run side by side, both pinned to the server's
+core, and wrk loads one of them at a time: per model, protocol and concurrency (64 for
+throughput, 1 for p99), ``rounds`` pairs of short runs in ABBA order (off on, on off, ...),
+so that both modes see the same moments of a machine whose speed drifts from second to
+second (single 5-second runs a minute apart moved by 20-60 points here). After each run the
+bench waits until the loaded service's processes are idle again (its writer has committed
+and pruned), so no run pays for the previous one's work.
+
+Per cell: the throughput of each mode over all its runs (requests ÷ seconds), the median
+p99, the range of the pairs' own figures, and CPU per request (from ``/proc``) of the
+service's processes with the log off and on, the writer's share apart: where the cost goes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+
+from bench.harness import bodies, check_answer, path_for, sample_batch, start_server, wrk
+from bench.logsize import bytes_per_prediction, log_figures
+from service.runtime.model import ServedModel
+
+#: Concurrency the throughput cost is read at, and the one the p99 ratio is read at.
+THROUGHPUT_AT, LATENCY_AT = 64, 1
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    p99_ms: float
+    workers_s: float  # CPU seconds of the service's own processes during the run
+    writer_s: float  # ... and of its log writer
+
+    @property
+    def req_s(self) -> float:
+        return self.requests / self.seconds
+
+
+@dataclass
+class Cell:
+    """One model, protocol and concurrency: its off and on runs, the n-th of each a pair."""
+
+    model: str
+    scenario: str
+    concurrency: int
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {"off": [], "on": []})
+
+    def req_s(self, mode: str) -> float:
+        runs = self.runs[mode]
+        return sum(r.requests for r in runs) / sum(r.seconds for r in runs)
+
+    def cost(self) -> float:
+        return 1 - self.req_s("on") / self.req_s("off")
+
+    def p99(self, mode: str) -> float:
+        return median(r.p99_ms for r in self.runs[mode])
+
+    def cpu_us(self, mode: str, part: str = "all") -> float:
+        """CPU µs per request of the service's processes (``part``: workers, writer, all)."""
+        runs = self.runs[mode]
+        seconds = sum(
+            (r.workers_s if part != "writer" else 0) + (r.writer_s if part != "workers" else 0)
+            for r in runs
+        )
+        return 1e6 * seconds / sum(r.requests for r in runs)
+
+
+def order(rounds: int) -> list[str]:
+    """ABBA: off on, on off, off on, ... (a drift within a round hits both modes alike)."""
+    return [m for r in range(rounds) for m in (("off", "on") if r % 2 == 0 else ("on", "off"))]
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def processes(root: int) -> dict[str, list[int]]:
+    """The service's processes: ``workers`` (its own) and ``writer`` (the log writer)."""
+    kids, found = _children(), {"workers": [root], "writer": []}
+    stack = list(kids.get(root, []))
+    while stack:
+        pid = stack.pop()
+        try:
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found["writer" if b"predictionlog" in command else "workers"].append(pid)
+        stack += kids.get(pid, [])
+    return found
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def settle(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until ``pids`` use under 5 % of a core over 0.2 s (or ``timeout``)."""
+    deadline, last = time.monotonic() + timeout, cpu_s(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = cpu_s(pids)
+        if now - last < 0.01:
+            return
+        last = now
+
+
+def measure(
+    repository: Path,
+    models: dict[str, ServedModel],
+    data: Path,
+    rounds: int,
+    seconds: float,
+) -> tuple[list[Cell], dict[str, tuple[float, float, float]]]:
+    """The cells of every model, and per model (bytes per prediction, dropped, pruned)."""
+    cells: list[Cell] = []
+    logged: dict[str, tuple[float, float, float]] = {}
+    work = Path(tempfile.mkdtemp(prefix="nnserve-bench-cost-"))
+    port = 19000 + os.getpid() % 1000
+    ports = {"off": port, "on": port + 1}
+    servers = {
+        "off": start_server(repository, port, work / "off.log", False, work / "off-data"),
+        "on": start_server(repository, port + 1, work / "on.log", True, data),
+    }
+    try:
+        pids = {mode: processes(server.pid) for mode, server in servers.items()}
+        for name, model in models.items():
+            before = log_figures(ports["on"])
+            for concurrency in (THROUGHPUT_AT, LATENCY_AT):
+                for scenario, (body, ctype, hlen) in bodies(model, sample_batch(model, 1)).items():
+                    body_file = work / f"{name}-{scenario}.body"
+                    body_file.write_bytes(body)
+                    path = path_for(name, scenario)
+                    urls = {mode: f"http://127.0.0.1:{p}{path}" for mode, p in ports.items()}
+                    for url in urls.values():
+                        check_answer(url, body, ctype, hlen)
+                    cell = Cell(name, scenario, concurrency)
+                    for mode in ["off", "on", *order(rounds)]:  # a warm-up run of each first
+                        run = _run(pids[mode], urls[mode], body_file, ctype, hlen, cell, seconds)
+                        cell.runs[mode].append(run)
+                    for runs in cell.runs.values():
+                        del runs[0]
+                    cells.append(cell)
+                    print(f"log cost {format_cell(cell)}", flush=True)
+            after = log_figures(ports["on"])
+            logged[name] = (
+                bytes_per_prediction(data / "predictions.db", name),
+                after["dropped"] - before["dropped"],
+                after["pruned"] - before["pruned"],
+            )
+    finally:
+        for server in servers.values():
+            server.terminate()
+        for server in servers.values():
+            server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    return cells, logged
+
+
+def _run(
+    pids: dict[str, list[int]],
+    url: str,
+    body_file: Path,
+    ctype: str,
+    hlen: str,
+    cell: Cell,
+    seconds: float,
+) -> Run:
+    """One wrk run of ``cell`` against one service, then wait until that service is idle."""
+    start = cpu_s(pids["workers"]), cpu_s(pids["writer"])
+    result = wrk(url, body_file, ctype, hlen, cell.concurrency, seconds)
+    settle(pids["workers"] + pids["writer"])
+    return Run(
+        int(result["requests"]),
+        result["duration_us"] / 1e6,
+        result["p99_us"] / 1e3,
+        cpu_s(pids["workers"]) - start[0],
+        cpu_s(pids["writer"]) - start[1],
+    )
+
+
+def format_cell(c: Cell) -> str:
+    return (
+        f"{c.model:18s} {c.scenario:10s} c={c.concurrency:<3d} off {c.req_s('off'):8,.0f} req/s "
+        f"on {c.req_s('on'):8,.0f} ({c.cost():6.1%})  p99 off {c.p99('off'):.3f} on "
+        f"{c.p99('on'):.3f} ms  CPU µs/req off {c.cpu_us('off'):.1f} on {c.cpu_us('on'):.1f} "
+        f"(writer {c.cpu_us('on', 'writer'):.1f})"
+    )
+
+
+def table(cells: list[Cell], logged: dict[str, tuple[float, float, float]]) -> list[str]:
+    """The cost table (Markdown lines): per model and protocol, throughput at concurrency 64
+    and p99 at concurrency 1, on against off, and where the CPU goes."""
+    by_key = {(c.model, c.scenario, c.concurrency): c for c in cells}
+    rounds = max((len(c.runs["off"]) for c in cells), default=0)
+    lines = [
+        "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
+        "",
+        "Two services side by side on core 0, one with the log off and one with it on (its "
+        f"log at its bound), loaded in turn: {rounds} off/on pairs of runs per cell in ABBA "
+        "order. Throughput over all of a mode's runs; p99 the median of its runs; in "
+        "brackets the lowest and highest of the pairs. CPU: the service's processes per "
+        "request at concurrency 64, the log writer's share in brackets.",
+        "",
+        "| model | scenario | c=64 req/s off | on | cost | CPU µs/req off | on (writer) "
+        "| p99 c=1 off ms | on ms | p99 ratio | dropped | bytes per prediction | pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, scenario, concurrency), c in by_key.items():
+        fast = by_key.get((model, scenario, LATENCY_AT))
+        if concurrency != THROUGHPUT_AT or fast is None:
+            continue
+        costs = [1 - b.req_s / a.req_s for a, b in zip(*c.runs.values(), strict=True)]
+        ratios = [b.p99_ms / a.p99_ms for a, b in zip(*fast.runs.values(), strict=True)]
+        size, dropped, pruned = logged.get(model, (0.0, 0.0, 0.0))
+        lines.append(
+            f"| {model} | {scenario} | {c.req_s('off'):,.0f} | {c.req_s('on'):,.0f} | "
+            f"{c.cost():.1%}{_spread(costs, '.1%')} | {c.cpu_us('off'):.1f} | "
+            f"{c.cpu_us('on'):.1f} ({c.cpu_us('on', 'writer'):.1f}) | {fast.p99('off'):.3f} | "
+            f"{fast.p99('on'):.3f} | {fast.p99('on') / fast.p99('off'):.2f}"
+            f"{_spread(ratios, '.2f')} | {dropped:,.0f} | {size:,.0f} | {pruned:,.0f} |"
+        )
+    return [*lines, ""] if len(lines) > 6 else []
+
+
+def _spread(values: list[float], spec: str) -> str:
+    return f" ({min(values):{spec}} to {max(values):{spec}})" if len(values) > 1 else ""

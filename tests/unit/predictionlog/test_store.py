@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -111,6 +112,31 @@ def test_large_arrays_are_stored_compressed_when_that_pays(store: Store) -> None
     assert pack(raw) == raw  # does not pay: as it is
     with pytest.raises(ValueError, match="neither"):
         decode_array(b"\xff" * 100, "[28, 28]")  # shorter than raw, and not LZ4 of it
+
+
+def test_8_bit_images_are_stored_as_their_values_and_read_back_exactly(store: Store) -> None:
+    """Inputs whose every value is an integer 0-255 are packed as bytes (LZ4 of 784, not of
+    3,136 bytes); one value off that (a fraction, -0.0, 256, NaN) keeps the image's float32
+    bytes. Every one reads back bit for bit, through both backends."""
+    images = np.stack([fashion_image(seed) for seed in range(6)])
+    images[1, 3, 4] = 0.5
+    images[2, 0, 0] = -0.0
+    images[3, 27, 27] = 256.0
+    images[4, 10, 10] = np.nan
+    ids = [f"p{i}" for i in range(6)]
+    batch = Batch("fashion-cnn", 1, T0, ids, images, np.ones((6, 10)), ["Bag"] * 6).stored()
+    at = json.loads(batch.rows)["at"]
+    parts = [batch.inputs[a:b] for a, b in itertools.pairwise(at)]
+    sizes = [len(lz4.block.decompress(part, uncompressed_size=3136)) for part in parts]
+    assert sizes == [784, 3136, 3136, 3136, 3136, 784]
+    assert sum(map(len, parts[::5])) < 0.6 * sum(map(len, parts[1:3]))  # about 370 vs 830
+    store.write_batches([batch])
+    for i, id_ in enumerate(ids):
+        got = store.get_prediction(id_)
+        assert got is not None and got.inputs.dtype == np.float32
+        assert got.inputs.tobytes() == images[i].tobytes()  # bit for bit: -0.0 and NaN too
+    with pytest.raises(ValueError, match="neither"):  # LZ4 of neither length
+        decode_array(lz4.block.compress(b"\0" * 100, store_size=False), "[28, 28]")
 
 
 def test_round_trip_gives_back_exact_arrays_of_any_shape(store: Store) -> None:
@@ -529,15 +555,18 @@ def test_an_old_sqlite_file_is_converted_to_incremental_vacuum(sqlite_path: Path
 
 def test_sqlite_uses_wal_and_stores_raw_little_endian_float32(sqlite_path: Path) -> None:
     row = prediction("image", shape=(28, 28))  # noise: stored as it is (see records.pack)
-    packed = Prediction("packed", T0, "m", 1, fashion_image(2), np.ones(3, np.float32), "a")
+    pixels = fashion_image(2)
+    packed = Prediction("packed", T0, "m", 1, pixels / 255, np.ones(3, np.float32), "a")
+    eight_bit = Prediction("8-bit", T0, "m", 1, pixels, np.ones(3, np.float32), "a")
     with SQLiteStore(sqlite_path) as store:
-        store.write_predictions([row, packed])
+        store.write_predictions([row, packed, eight_bit])
     with sqlite3.connect(sqlite_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         inputs, shape, outputs, output_shape = conn.execute(
             "SELECT inputs, input_shape, outputs, output_shape FROM predictions WHERE id = 'image'"
         ).fetchone()
         (lz4_block,) = conn.execute("SELECT inputs FROM predictions WHERE id = 'packed'").fetchone()
+        (lz4_bytes,) = conn.execute("SELECT inputs FROM predictions WHERE id = '8-bit'").fetchone()
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     assert inputs == row.inputs.astype("<f4").tobytes() and json.loads(shape) == [28, 28]
@@ -546,6 +575,10 @@ def test_sqlite_uses_wal_and_stores_raw_little_endian_float32(sqlite_path: Path)
     raw = packed.inputs.astype("<f4").tobytes()
     assert len(lz4_block) < len(raw) == 28 * 28 * 4
     assert lz4.block.decompress(lz4_block, uncompressed_size=len(raw)) == raw
+    # pixel values 0-255: an LZ4 block of them as bytes (a quarter of the float32 size)
+    assert (
+        lz4.block.decompress(lz4_bytes, uncompressed_size=len(raw)) == pixels.astype("u1").tobytes()
+    )
     assert {"predictions", "feedback"} <= tables
     assert "predictions_model_time" not in tables  # dropped: inserts cost a fifth less
     with sqlite3.connect(sqlite_path) as conn:  # 16 KB pages (the module docstring: why)

@@ -160,7 +160,9 @@ def measure(
                         check_answer(url, body, ctype, hlen)
                     cell = Cell(name, scenario, concurrency)
                     for mode in ["off", "on", *order(rounds)]:  # a warm-up run of each first
-                        run = _run(pids[mode], urls[mode], body_file, ctype, hlen, cell, seconds)
+                        run = _run(
+                            pids[mode], urls[mode], body_file, ctype, hlen, concurrency, seconds
+                        )
                         cell.runs[mode].append(run)
                     for runs in cell.runs.values():
                         del runs[0]
@@ -187,12 +189,12 @@ def _run(
     body_file: Path,
     ctype: str,
     hlen: str,
-    cell: Cell,
+    concurrency: int,
     seconds: float,
 ) -> Run:
-    """One wrk run of ``cell`` against one service, then wait until that service is idle."""
+    """One wrk run against one service, then wait until that service is idle."""
     start = cpu_s(pids["workers"]), cpu_s(pids["writer"])
-    result = wrk(url, body_file, ctype, hlen, cell.concurrency, seconds)
+    result = wrk(url, body_file, ctype, hlen, concurrency, seconds)
     settle(pids["workers"] + pids["writer"])
     return Run(
         int(result["requests"]),

@@ -142,7 +142,7 @@ def decode_array(data: bytes | memoryview, shape: str) -> np.ndarray:
             data = lz4.block.decompress(data, uncompressed_size=size)
         except lz4.block.LZ4BlockError:
             data = b""
-        if len(data) == count and count != size:  # 8-bit values
+        if count and len(data) == count:  # 8-bit values
             return np.frombuffer(data, dtype=np.uint8).astype(np.float32).reshape(dims)
         if len(data) != size:
             raise ValueError(f"a stored array is neither {shape} float32 nor LZ4 of it")
@@ -199,11 +199,12 @@ def stored(
     head: dict[str, object] = {"ids": ids, "times": times, "labels": labels}
     if traces is not None and any(t is not None for t in traces):
         head["traces"] = traces
-    raw = x.tobytes()
-    if n and len(raw) // n >= PACK_FROM:
+    if n and x.nbytes // n >= PACK_FROM:
         parts = pack_rows(x)
         head["at"] = [0, *itertools.accumulate(len(part) for part in parts)]
         raw = b"".join(parts)
+    else:
+        raw = x.tobytes()
     return Stored(
         float(min(times)) if n else 0.0, model, int(version), n, orjson.dumps(head).decode(),
         orjson.dumps(list(x.shape[1:])).decode(), raw,

@@ -52,6 +52,11 @@ BURST_S, BEHIND_BURST_S = 100e-6, 250e-6
 BEHIND_S, CAUGHT_UP_S = 0.25, 0.05
 #: Saturated when inference runs averaged more rows than this over the last window (s).
 QUEUED_ROWS, WINDOW_S = 2.0, 0.5
+#: The writer reads its data connections when they hold about this much (half of the ~208 KB
+#: a Unix socket holds in flight, ``net.core.wmem_default``) ...
+POLL_FILL = 100 * 1024
+#: ... but at most and at least this often (seconds).
+POLL_MIN_S, POLL_MAX_S = 0.002, 0.05
 
 
 def runs(times: Sequence[float] | None) -> int:
@@ -95,3 +100,40 @@ class Pacer:
             return
         os.sched_yield()
         self._started = time.monotonic()
+
+
+class Poll:
+    """How long the writer sleeps before it reads its data connections again: as long as they
+    take to fill to ``fill`` bytes at the rate they have been filling (rising at once, falling
+    slowly), within ``[shortest, longest]``. A service that sends little wakes the writer 20
+    times a second instead of 100, and each wakeup commits more rows at once (fewer pages
+    written per row, fewer cache refills for the service sharing its core); one that sends a
+    lot is read before a connection's in-flight allowance fills and its rows wait in the
+    service's backlog. Measured against a fixed 10 ms (three services side by side, log at its
+    1 GB bound, concurrency 64): writer CPU per row ANN 6.4 -> 5.3 µs, co2-lstm 12.2 -> 7.2,
+    co2-gru 12.4 -> 9.6, vowels-lstm 8.7 -> 7.9; fashion-cnn unchanged (it sends about 13
+    MB/s: its poll stays near 8 ms), no row dropped. A fixed 50 ms dropped rows: a connection
+    holds ~208 KB in flight, 4 MB/s at 50 ms."""
+
+    def __init__(
+        self, fill: int = POLL_FILL, shortest: float = POLL_MIN_S, longest: float = POLL_MAX_S
+    ) -> None:
+        self.fill, self.shortest, self.longest = fill, shortest, longest
+        self.rate = 0.0  # bytes per second, as last estimated
+        self.seconds = shortest  # the sleep until the next read
+        self._bytes = 0
+        self._since = time.monotonic()
+
+    def read(self, nbytes: int) -> float:
+        """The connections gave ``nbytes`` now; the seconds to sleep until the next read."""
+        self._bytes += nbytes
+        now = time.monotonic()
+        elapsed = now - self._since
+        if elapsed < self.shortest:  # a pass right after another: too short to tell a rate
+            return self.seconds
+        rate = self._bytes / elapsed
+        self.rate = rate if rate > self.rate else 0.7 * self.rate + 0.3 * rate
+        self._bytes, self._since = 0, now
+        wait = self.fill / self.rate if self.rate > 0 else self.longest
+        self.seconds = min(self.longest, max(self.shortest, wait))
+        return self.seconds

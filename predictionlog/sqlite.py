@@ -18,9 +18,16 @@ with a row per prediction, on a log at its bound (a 64 MB bound, fashion-cnn row
 the writer inserting 128 rows and pruning as many per round; CPU per row written): 31 µs
 with SQLite's defaults as Debian builds it, 15 µs with them (12 µs vs 9 µs for 500-byte rows).
 
-- Pages of ``PAGE_SIZE`` (16 KB) in a new file: an image row fills a 4 KB page alone, so
-  each row inserted or pruned allocated or freed a page of its own (insert 12 -> 9 µs,
-  delete 18 -> 13 µs). A file made with other pages keeps them (changing needs a VACUUM).
+- Pages of ``PAGE_SIZE`` (4 KB) in a new file. With a row per prediction, 16 KB pages were
+  faster (an image row filled a 4 KB page alone, so each row inserted or pruned allocated
+  or freed a page of its own: insert 12 -> 9 µs, delete 18 -> 13 µs). With a row per batch
+  they are not: a commit rewrites whole pages (the header, the pointer map, the freelist,
+  the b-tree leaves it touched, each batch's last overflow page), and each is written twice
+  (WAL, then checkpoint). At concurrency 64 the writer wrote 2,464 bytes per co2-lstm
+  prediction (stored: 600) with 16 KB pages, 1,265 with 4 KB (fashion-cnn 3,053 vs 1,420);
+  the log's cost fell in all seven cells compared side by side (e.g. breast-cancer-ann 10.6
+  -> 3.9 %, fashion-cnn-int8 15.2 -> 8.3 %; a log at its 1 GB bound). A file made with other
+  pages keeps them (changing needs a VACUUM).
 - Foreign keys are declared but not enforced (``PRAGMA foreign_keys`` stays off): each
   statement that adds feedback or actuals checks its prediction in the same transaction,
   and pruning deletes a prediction's feedback and actuals before it in one transaction, so
@@ -49,8 +56,8 @@ logger = logging.getLogger("nnserve.predictionlog")
 #: How long a statement waits for another process's write lock before it fails (seconds).
 BUSY_TIMEOUT = 30.0
 #: The page size of a new file (bytes; see the module docstring).
-PAGE_SIZE = 16384
-#: Each connection's page cache (KiB; SQLite's default here is 2 MB, 125 pages of 16 KB):
+PAGE_SIZE = 4096
+#: Each connection's page cache (KiB; SQLite's default here is 2 MB):
 #: the b-tree pages at both ends of a large log, where rows are added and pruned, stay in it
 #: (a log at a 400 MB bound: 19 -> 16 µs per image row written and pruned).
 CACHE_KIB = 16384

@@ -78,7 +78,8 @@ class PredictionRecorder:
 #: are flushed before the look-up; another worker's are in the writer already (flushed too),
 #: or gathered in that worker for at most 5 ms more (``predictionlog.client.GATHER_S``), or,
 #: while the writer restarts, in its backlog, sent within 0.2 s of the writer being back;
-#: another replica's writer commits within its linger window (20 ms).
+#: another replica's writer reads its sockets every 50 ms at most and commits within its
+#: linger window (20 ms).
 JOIN_WAIT_S = 2.0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from predictionlog import pacing
-from predictionlog.pacing import Pacer, runs
+from predictionlog.pacing import Pacer, Poll, runs
 
 
 @pytest.fixture
@@ -79,3 +79,29 @@ def test_a_saturated_service_gets_no_pauses_and_a_writer_behind_longer_bursts(
 def test_runs_are_counted_from_the_rows_times() -> None:
     assert runs(None) == 1  # one run's batch: one time for all its rows
     assert runs([5.0, 5.0, 6.0, 7.0, 7.0]) == 3
+
+
+def test_the_poll_waits_for_the_connections_to_fill_to_100_kb(clock: list[float]) -> None:
+    poll = Poll()
+    clock[0] += 0.01
+    assert poll.read(20 * 1024) == pytest.approx(0.05)  # 2 MB/s: 50 ms would be 100 KB
+    clock[0] += 0.05
+    assert poll.read(250 * 1024) == pytest.approx(0.02)  # 5 MB/s: at once, 20 ms
+    # a pass right after another tells no rate: the sleep stands, the bytes count later
+    clock[0] += 0.001
+    assert poll.read(1024 * 1024) == pytest.approx(0.02)
+    clock[0] += 0.009
+    assert poll.read(0) == pytest.approx(pacing.POLL_MIN_S)  # 100 MB/s over those 10 ms
+
+
+def test_the_poll_slows_down_gradually_when_traffic_falls(clock: list[float]) -> None:
+    poll = Poll()
+    clock[0] += 0.01
+    poll.read(100 * 1024)  # 10 MB/s: 10 ms
+    sleeps = []
+    for _ in range(12):
+        clock[0] += poll.seconds
+        sleeps.append(poll.read(0))
+    assert sleeps == sorted(sleeps)  # longer each time, never at once
+    assert sleeps[0] == pytest.approx(0.01 / 0.7)
+    assert sleeps[-1] == pacing.POLL_MAX_S  # idle: 20 wakeups a second

@@ -526,7 +526,7 @@ def test_a_full_sqlite_log_reuses_what_pruning_frees_and_returns_only_the_rest(
         assert retention.step(store) > 200  # past the high mark: down to the low one
         total, free = pages(conn)
         size = conn.execute("PRAGMA page_size").fetchone()[0]
-        # near the low mark (85 %): pages of 16 KB in a log of 150 pages round it up
+        # near the low mark (85 %): whole pages round it up
         assert 0 < free * size <= retention.slack() and store.usage().bytes <= 0.9 * bound
         store.write_predictions([prediction(f"r{i}", shape=(256,)) for i in range(150)])
         grown, left = pages(conn)
@@ -581,8 +581,8 @@ def test_sqlite_uses_wal_and_stores_raw_little_endian_float32(sqlite_path: Path)
     )
     assert {"predictions", "feedback"} <= tables
     assert "predictions_model_time" not in tables  # dropped: inserts cost a fifth less
-    with sqlite3.connect(sqlite_path) as conn:  # 16 KB pages (the module docstring: why)
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+    with sqlite3.connect(sqlite_path) as conn:  # 4 KB pages (the module docstring: why)
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
 
@@ -767,8 +767,8 @@ def test_sqlite_checkpoints_in_larger_steps_while_the_service_is_saturated(
     writer says requests queue anyway (each checkpoint waits for two fsyncs)."""
     with SQLiteStore(sqlite_path) as store:
         pages = store._conn.execute  # type: ignore[union-attr]
-        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 16384
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 4096
         store.saturated(True)
-        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (4 << 20) // 16384
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (4 << 20) // 4096
         store.saturated(False)
-        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 16384
+        assert pages("PRAGMA wal_autocheckpoint").fetchone()[0] == (1 << 20) // 4096

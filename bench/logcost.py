@@ -2,7 +2,8 @@
 
 A service with the log off and one with it on run side by side, both pinned to the server's
 core, and wrk loads one of them at a time: per model, protocol and concurrency (64 for
-throughput, 1 for p99), ``rounds`` pairs of short runs in ABBA order (off on, on off, ...),
+throughput, 1 for p99), pairs of short runs in ABBA order (off on, on off, ...; more of them
+at concurrency 64, whose cost is the figure with the thinner margin),
 so that both modes see the same moments of a machine whose speed drifts from second to
 second (single 5-second runs a minute apart moved by 20-60 points here). After each run the
 bench waits until the loaded service's processes are idle again (its writer has committed
@@ -133,10 +134,11 @@ def measure(
     repository: Path,
     models: dict[str, ServedModel],
     data: Path,
-    rounds: int,
+    rounds: dict[int, int],
     seconds: float,
 ) -> tuple[list[Cell], dict[str, tuple[float, float, float]]]:
-    """The cells of every model, and per model (bytes per prediction, dropped, pruned)."""
+    """The cells of every model (``rounds``: pairs of runs per concurrency), and per model
+    (bytes per prediction, dropped, pruned)."""
     cells: list[Cell] = []
     logged: dict[str, tuple[float, float, float]] = {}
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-cost-"))
@@ -159,7 +161,8 @@ def measure(
                     for url in urls.values():
                         check_answer(url, body, ctype, hlen)
                     cell = Cell(name, scenario, concurrency)
-                    for mode in ["off", "on", *order(rounds)]:  # a warm-up run of each first
+                    # a warm-up run of each first
+                    for mode in ["off", "on", *order(rounds[concurrency])]:
                         run = _run(
                             pids[mode], urls[mode], body_file, ctype, hlen, concurrency, seconds
                         )
@@ -218,15 +221,16 @@ def table(cells: list[Cell], logged: dict[str, tuple[float, float, float]]) -> l
     """The cost table (Markdown lines): per model and protocol, throughput at concurrency 64
     and p99 at concurrency 1, on against off, and where the CPU goes."""
     by_key = {(c.model, c.scenario, c.concurrency): c for c in cells}
-    rounds = max((len(c.runs["off"]) for c in cells), default=0)
+    rounds = {c.concurrency: len(c.runs["off"]) for c in cells}
     lines = [
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
         "Two services side by side on core 0, one with the log off and one with it on (its "
-        f"log at its bound), loaded in turn: {rounds} off/on pairs of runs per cell in ABBA "
-        "order. Throughput over all of a mode's runs; p99 the median of its runs; in "
-        "brackets the lowest and highest of the pairs. CPU: the service's processes per "
-        "request at concurrency 64, the log writer's share in brackets.",
+        f"log at its bound), loaded in turn: {rounds.get(THROUGHPUT_AT, 0)} off/on pairs of "
+        f"runs per cell at concurrency {THROUGHPUT_AT}, {rounds.get(LATENCY_AT, 0)} at "
+        f"{LATENCY_AT}, in ABBA order. Throughput over all of a mode's runs; p99 the median "
+        "of its runs; in brackets the lowest and highest of the pairs. CPU: the service's "
+        "processes per request at concurrency 64, the log writer's share in brackets.",
         "",
         "| model | scenario | c=64 req/s off | on | cost | CPU µs/req off | on (writer) "
         "| p99 c=1 off ms | on ms | p99 ratio | dropped | bytes per prediction | pruned |",

@@ -1,7 +1,8 @@
 """nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
 
     python -m bench.run [--duration 5] [--models ...] [--quick] [--prediction-log both|on|off]
-                        [--log-start near-bound|empty] [--cost-rounds 6] [--cost-seconds 2]
+                        [--log-start near-bound|empty] [--cost-rounds 10] [--cost-latency-rounds 4]
+                        [--cost-seconds 2]
 
 1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
 2. the service's own JSON decode + encode, in-process (v1 and v2);
@@ -148,8 +149,14 @@ def main() -> None:
     parser.add_argument(
         "--cost-rounds",
         type=int,
-        default=6,
-        help="off/on pairs of runs per cell of the log's cost (default 6)",
+        default=10,
+        help="off/on pairs of runs per cell of the log's cost at concurrency 64 (default 10)",
+    )
+    parser.add_argument(
+        "--cost-latency-rounds",
+        type=int,
+        default=4,
+        help="... and at concurrency 1, for p99 (default 4)",
     )
     parser.add_argument(
         "--cost-seconds", type=float, default=2.0, help="seconds per run of the log's cost"
@@ -187,7 +194,13 @@ def main() -> None:
             print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
                   f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
         if modes == ["off", "on"]:
-            rounds, run_s = (2, 1.0) if args.quick else (args.cost_rounds, args.cost_seconds)
+            rounds = {
+                logcost.THROUGHPUT_AT: args.cost_rounds,
+                logcost.LATENCY_AT: args.cost_latency_rounds,
+            }
+            if args.quick:
+                rounds = dict.fromkeys(rounds, 2)
+            run_s = 1.0 if args.quick else args.cost_seconds
             cost = logcost.table(*logcost.measure(args.repository, models, data, rounds, run_s))
         for name, model in models.items():
             for mode in modes:

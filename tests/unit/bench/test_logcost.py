@@ -36,7 +36,8 @@ def test_the_table_gives_throughput_over_all_runs_and_median_p99s() -> None:
     # p99 medians 0.35 and 0.60: 1.71; pairs 2.00, 1.25, 2.20
     assert cells[7:10] == ["0.350", "0.600", "1.71 (1.25 to 2.20)"]
     assert cells[10:] == ["12", "220", "5,000"]
-    assert "3 off/on pairs" in lines[2]  # the most runs of a cell
+    # the pairs per cell at each concurrency
+    assert "2 off/on pairs of runs per cell at concurrency 64, 3 at 1," in lines[2]
     assert table([busy], {}) == []  # no p99 cell: no row, no table
 
 

@@ -113,13 +113,23 @@ def pack(raw: bytes) -> bytes:
     return packed if len(packed) <= PACK_RATIO * len(raw) else raw
 
 
-def pack_rows(x: np.ndarray) -> list[bytes]:
-    """Each row of ``x`` (float32, [n, ...]) as the log stores it: LZ4 of its values as bytes
-    when each is an integer from 0 to 255 (not -0.0), else :func:`pack` of its float32 bytes."""
+def eight_bit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (float32, [n, ...]) as 8-bit values, and for each row whether those are exactly
+    its values (each an integer from 0 to 255, not -0.0)."""
     flat = x.reshape(len(x), -1)
     with np.errstate(invalid="ignore"):  # NaN, inf: no 8-bit value, and not equal to one
         small = flat.astype(np.uint8)
-    exact = ((small == flat) & ~np.signbit(flat)).all(axis=1)
+    return small.reshape(x.shape), ((small == flat) & ~np.signbit(flat)).all(axis=1)
+
+
+def pack_rows(x: np.ndarray) -> list[bytes]:
+    """Each row of ``x`` ([n, ...]) as the log stores it: LZ4 of its values as bytes when each
+    is an integer from 0 to 255 (not -0.0; uint8 ``x``: always), else :func:`pack` of its
+    float32 bytes."""
+    if x.dtype == np.uint8:
+        return [lz4.block.compress(row.tobytes(), store_size=False) for row in x]
+    flat = x.reshape(len(x), -1)
+    small, exact = eight_bit(flat)
     return [
         lz4.block.compress(small[i].tobytes(), store_size=False)
         if exact[i]
@@ -191,20 +201,21 @@ def stored(
     outputs: np.ndarray,
 ) -> Stored:
     """Predictions of one model version as one stored batch: ``inputs`` [n, ...] and
-    ``outputs`` [n, ...] float32 (made so if they are not); inputs of :data:`PACK_FROM` bytes
-    or more packed one by one (:func:`pack_rows`)."""
+    ``outputs`` [n, ...] float32 (made so if they are not; uint8 inputs are 8-bit values,
+    ``wire``); inputs of :data:`PACK_FROM` bytes or more as float32 packed one by one
+    (:func:`pack_rows`)."""
     n = len(ids)
-    x = as_stored(inputs)
+    x = inputs if inputs.dtype == np.uint8 else as_stored(inputs)
     y = as_stored(outputs)
     head: dict[str, object] = {"ids": ids, "times": times, "labels": labels}
     if traces is not None and any(t is not None for t in traces):
         head["traces"] = traces
-    if n and x.nbytes // n >= PACK_FROM:
+    if n and x.size * STORED_DTYPE.itemsize // n >= PACK_FROM:
         parts = pack_rows(x)
         head["at"] = [0, *itertools.accumulate(len(part) for part in parts)]
         raw = b"".join(parts)
     else:
-        raw = x.tobytes()
+        raw = as_stored(x).tobytes()
     return Stored(
         float(min(times)) if n else 0.0, model, int(version), n, orjson.dumps(head).decode(),
         orjson.dumps(list(x.shape[1:])).decode(), raw,

@@ -133,6 +133,8 @@ class Writer:
             ):
                 self._commit()
                 self._prune()
+            if self.pending:  # due at the end of its linger window, not at the next read
+                sleep = min(sleep, max(0.0, self.pending_since + self.linger - now))
             if now >= self.next_measure:
                 self.pruner.measure()
                 self.next_measure = now + max(self.prune_interval, self.store.measure_every)

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,9 @@ import pytest
 
 from predictionlog import Batch, PredictionLog, Retention, WriterProcess, open_store
 from predictionlog.counters import Counters
+from predictionlog.pacing import Poll
 from predictionlog.wire import MAX_MESSAGE, decode, encode, merge
+from predictionlog.writer import Writer
 from tests.support.paths import MODELS, ROOT
 from tests.support.postgres import require_psycopg, running_postgres
 
@@ -71,6 +74,31 @@ def test_a_batch_goes_over_the_wire_exactly() -> None:
     assert rows["ids"][1] == "p-1" and rows["times"][1] == T0 and rows["labels"][1] == "a"
     assert "at" not in rows and "traces" not in rows  # rows of one size, none traced
     assert np.frombuffer(stored.inputs, "<f4").reshape(5, -1).tolist() == sent.inputs.tolist()
+
+
+def test_8_bit_images_go_over_the_wire_as_bytes_and_are_stored_alike() -> None:
+    """Inputs of 1 KB or more whose values are all integers 0-255 go as bytes (a quarter of
+    the socket's bytes); the writer stores exactly what it would have from float32."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (4, 28, 28)).astype(np.float32)
+    images = batch("img", n=4)._replace(inputs=pixels)
+    (message,) = encode(images)
+    got = decode(message)
+    assert got.inputs.dtype == np.uint8 and got.inputs.shape == (4, 28, 28)
+    assert len(message) < 4 * 28 * 28 + 1024  # not 4 x 3,136 bytes of float32
+    np.testing.assert_array_equal(got.inputs, pixels)
+    assert got.stored() == images.stored()  # the same row, bit for bit
+    # one fraction, one -0.0, or rows under 1 KB: float32 on the wire, stored as before
+    for inputs in (
+        np.where(np.arange(784).reshape(28, 28) == 5, 0.5, pixels),
+        np.where(np.arange(784).reshape(28, 28) == 5, -0.0, pixels),
+        pixels[:, :8, :8],
+    ):
+        sent = images._replace(inputs=inputs.astype(np.float32))
+        (message,) = encode(sent)
+        got = decode(message)
+        assert got.inputs.dtype == np.float32
+        assert got.stored() == sent.stored()
 
 
 def test_trace_ids_go_over_the_wire_per_row_and_only_when_there_are_some() -> None:
@@ -175,6 +203,42 @@ def test_every_row_from_every_connection_is_committed_once(
     assert (figures["written"], figures["dropped"]) == (len(expected), 0)
     for log in logs:
         log.close()
+
+
+def test_rows_read_are_committed_at_the_end_of_the_linger_window_not_the_next_read(
+    tmp_path: Path,
+) -> None:
+    """The writer sleeps up to 50 ms between reads of a quiet connection; rows it has read
+    are committed 20 ms after they came (kill -9 loses at most that window), not when it
+    wakes to read again. Here the reads are 0.4 s apart and the window 50 ms."""
+    path = tmp_path / "w.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    listener.listen(4)
+    with open_store(tmp_path / "log.db") as store:
+        writer = Writer(store, listener, linger=0.05, poll=Poll(shortest=0.4, longest=0.4))
+        thread = threading.Thread(target=writer.run)
+        thread.start()
+        log = PredictionLog(path)
+        try:
+            time.sleep(0.1)  # the writer knows the data connection and sleeps between reads
+            log.record(batch("quiet", n=2))  # no running loop: sent at once
+            while writer.rows_received < 2:
+                time.sleep(0.002)
+            read = time.monotonic()
+            while len(stored(tmp_path)) < 2 and time.monotonic() < read + 2.0:
+                time.sleep(0.005)
+            waited = time.monotonic() - read
+            assert stored(tmp_path) == ["quiet-0", "quiet-1"]
+            assert waited < 0.25, f"committed {waited:.3f} s after it was read"
+        finally:
+            log.close()
+            writer.stop()
+            thread.join(5)
+            # a writer is a process of its own and leaves these to exit(); here they are closed
+            for end in (writer._wake_read, writer._wake_write, *writer.connections, listener):
+                end.close()
+            writer.selector.close()
 
 
 def test_flush_answers_for_rows_another_connection_sent(

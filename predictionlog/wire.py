@@ -7,7 +7,9 @@ of the inputs and outputs, as they came out of onnxruntime, except inputs of 1 K
 row whose every value is an integer from 0 to 255 (8-bit images as clients send them): those
 go as bytes (``"u8": true`` in the head), a quarter of the bytes through the socket, and the
 writer stores them as such (``records.pack_rows``) without checking them again (a
-Fashion-MNIST image: 784 bytes instead of 3,136). With tracing on, the head also
+Fashion-MNIST image: 784 bytes instead of 3,136; side by side at concurrency 64, the writer's
+CPU per image fell from 17.8-22.7 to 9.0-12.2 µs: its poll is four times longer, its commits
+larger). With tracing on, the head also
 lists each row's trace id (``traces``; absent otherwise). The service gathers the inference
 runs of a few milliseconds into one message (:func:`merge`): then each row's own time is in
 ``times``. No pickle: the writer decodes with ``orjson`` and ``numpy.frombuffer``, and

@@ -194,13 +194,12 @@ def main() -> None:
             print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
                   f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
         if modes == ["off", "on"]:
-            rounds = {
-                logcost.THROUGHPUT_AT: args.cost_rounds,
-                logcost.LATENCY_AT: args.cost_latency_rounds,
-            }
-            if args.quick:
-                rounds = dict.fromkeys(rounds, 2)
-            run_s = 1.0 if args.quick else args.cost_seconds
+            busy, quiet, run_s = (
+                (2, 2, 1.0)
+                if args.quick
+                else (args.cost_rounds, args.cost_latency_rounds, args.cost_seconds)
+            )
+            rounds = {logcost.THROUGHPUT_AT: busy, logcost.LATENCY_AT: quiet}
             cost = logcost.table(*logcost.measure(args.repository, models, data, rounds, run_s))
         for name, model in models.items():
             for mode in modes:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.support import samples
@@ -215,7 +216,8 @@ def test_sigterm_drains_every_worker_and_loses_no_row(
     if backend == "postgres":
         server_pg: PostgresServer = request.getfixturevalue("postgres")
         store["NNSERVE_PREDICTION_LOG_URL"] = server_pg.new_database()
-    body = {"instances": samples.images(128).astype(int).tolist()}
+    body = orjson.dumps({"instances": samples.images(128).astype(int).tolist()})
+    headers = {"content-type": "application/json"}
     with running_server(
         root, tmp_path, NNSERVE_WORKERS="2", NNSERVE_MAX_BATCH_SIZE="128",
         NNSERVE_MAX_QUEUE_SIZE="4096", NNSERVE_INFERENCE_THREADS="1", **store,
@@ -223,14 +225,39 @@ def test_sigterm_drains_every_worker_and_loses_no_row(
         wait_for_workers(server, 2)
         url = f"{server.url}/v1/models/fashion-cnn:predict"
         with ThreadPoolExecutor(16) as pool:  # a connection each: both workers get some
-            futures = [pool.submit(fresh, url, "POST", json=body) for _ in range(16)]
-            time.sleep(0.5)  # in flight on both workers, most still queued
+            futures = [
+                pool.submit(fresh, url, "POST", content=body, headers=headers) for _ in range(16)
+            ]
+            # SIGTERM once every request has reached a worker, some still being handled. A
+            # connection whose request has not reached a worker yet is closed at shutdown,
+            # as HTTP allows for an idle one (what failed once in CI when the test slept a
+            # fixed 0.5 s); the Deployment's preStop keeps new clients away from a pod.
+            in_flight = wait_until_started(server, "fashion-cnn", 16)
             os.kill(server.process.pid, signal.SIGTERM)
             responses = [f.result() for f in futures]
         assert server.process.wait(30) == 0
+    assert in_flight > 0  # some were still being handled: the drain was tested
     assert [r.status_code for r in responses] == [200] * 16
     assert len({r.headers["x-request-id"][:8] for r in responses}) == 2  # both workers
     assert logged_rows(store.get("NNSERVE_PREDICTION_LOG_URL"), tmp_path, server) == 16 * 128
+
+
+def wait_until_started(server: Server, model: str, n: int, timeout: float = 30.0) -> float:
+    """Wait until n v1 requests to model have started on the workers (answered or in
+    flight); returns how many are in flight then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = scrape(server)
+        in_flight = value(figures, "nnserve_requests_in_flight", protocol="v1")
+        answered = sum(
+            v for (name, labels), v in figures.items()
+            if name == "nnserve_requests_total" and ("protocol", "v1") in labels
+            and ("model", model) in labels
+        )  # fmt: skip
+        if in_flight + answered >= n:
+            return in_flight
+        assert time.monotonic() < deadline, f"{in_flight + answered} of {n} requests started"
+        time.sleep(0.02)
 
 
 def logged_rows(url: str | None, tmp_path: Path, server: Server) -> int:

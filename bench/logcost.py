@@ -5,7 +5,10 @@ core, and wrk loads one of them at a time: per model, protocol and concurrency (
 throughput, 1 for p99), pairs of short runs in ABBA order (off on, on off, ...; more of them
 at concurrency 64, whose cost is the figure with the thinner margin),
 so that both modes see the same moments of a machine whose speed drifts from second to
-second (single 5-second runs a minute apart moved by 20-60 points here). After each run the
+second (single 5-second runs a minute apart moved by 20-60 points here; one unchanged
+service, loaded alone at concurrency 64 in back-to-back 1-second runs, served 5,733 to 10,800
+requests a second with 0.96-0.98 of its core each second, so a cell's figure is only as
+steady as the number of its runs: twenty pairs by default). After each run the
 bench waits until the loaded service's processes are idle again (its writer has committed
 and pruned), so no run pays for the previous one's work.
 

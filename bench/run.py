@@ -1,7 +1,7 @@
 """nnserve benchmark: the service against raw onnxruntime, on one core, in one run.
 
     python -m bench.run [--duration 5] [--models ...] [--quick] [--prediction-log both|on|off]
-                        [--log-start near-bound|empty] [--cost-rounds 10] [--cost-latency-rounds 4]
+                        [--log-start near-bound|empty] [--cost-rounds 20] [--cost-latency-rounds 4]
                         [--cost-seconds 2]
 
 1. raw onnxruntime in-process, pinned to core 0, one thread: batch 1 and batch 32;
@@ -149,8 +149,8 @@ def main() -> None:
     parser.add_argument(
         "--cost-rounds",
         type=int,
-        default=10,
-        help="off/on pairs of runs per cell of the log's cost at concurrency 64 (default 10)",
+        default=20,
+        help="off/on pairs of runs per cell of the log's cost at concurrency 64 (default 20)",
     )
     parser.add_argument(
         "--cost-latency-rounds",

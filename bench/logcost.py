@@ -19,13 +19,14 @@ service's processes with the log off and on, the writer's share apart: where the
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
+from statistics import median, stdev
 
 from bench.harness import bodies, check_answer, path_for, sample_batch, start_server, wrk
 from bench.logsize import bytes_per_prediction, log_figures
@@ -33,6 +34,10 @@ from service.runtime.model import ServedModel
 
 #: Concurrency the throughput cost is read at, and the one the p99 ratio is read at.
 THROUGHPUT_AT, LATENCY_AT = 64, 1
+#: A throughput cost whose standard error (from its pairs) is above this gets more pairs, two
+#: at a time, up to twice the rounds asked for: a cell run while the machine's speed swings
+#: is measured for longer rather than reported from the same few seconds as a steady one.
+MAX_STDERR = 0.025
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -64,6 +69,14 @@ class Cell:
 
     def cost(self) -> float:
         return 1 - self.req_s("on") / self.req_s("off")
+
+    def pair_costs(self) -> list[float]:
+        return [1 - b.req_s / a.req_s for a, b in zip(*self.runs.values(), strict=True)]
+
+    def stderr(self) -> float:
+        """Standard error of the cost, from its pairs' own costs (inf with under two)."""
+        costs = self.pair_costs()
+        return stdev(costs) / math.sqrt(len(costs)) if len(costs) > 1 else math.inf
 
     def p99(self, mode: str) -> float:
         return median(r.p99_ms for r in self.runs[mode])
@@ -163,17 +176,9 @@ def measure(
                     urls = {mode: f"http://127.0.0.1:{p}{path}" for mode, p in ports.items()}
                     for url in urls.values():
                         check_answer(url, body, ctype, hlen)
-                    cell = Cell(name, scenario, concurrency)
-                    # a warm-up run of each first
-                    for mode in ["off", "on", *order(rounds[concurrency])]:
-                        run = _run(
-                            pids[mode], urls[mode], body_file, ctype, hlen, concurrency, seconds
-                        )
-                        cell.runs[mode].append(run)
-                    for runs in cell.runs.values():
-                        del runs[0]
-                    cells.append(cell)
-                    print(f"log cost {format_cell(cell)}", flush=True)
+                    load = Load(pids, urls, body_file, ctype, hlen, seconds)
+                    cells.append(load.cell(name, scenario, concurrency, rounds[concurrency]))
+                    print(f"log cost {format_cell(cells[-1])}", flush=True)
             after = log_figures(ports["on"])
             logged[name] = (
                 bytes_per_prediction(data / "predictions.db", name),
@@ -189,32 +194,58 @@ def measure(
     return cells, logged
 
 
-def _run(
-    pids: dict[str, list[int]],
-    url: str,
-    body_file: Path,
-    ctype: str,
-    hlen: str,
-    concurrency: int,
-    seconds: float,
-) -> Run:
-    """One wrk run against one service, then wait until that service is idle."""
-    start = cpu_s(pids["workers"]), cpu_s(pids["writer"])
-    result = wrk(url, body_file, ctype, hlen, concurrency, seconds)
-    settle(pids["workers"] + pids["writer"])
-    return Run(
-        int(result["requests"]),
-        result["duration_us"] / 1e6,
-        result["p99_us"] / 1e3,
-        cpu_s(pids["workers"]) - start[0],
-        cpu_s(pids["writer"]) - start[1],
-    )
+@dataclass
+class Load:
+    """One request body and its URL on each service: what a cell's runs send."""
+
+    pids: dict[str, dict[str, list[int]]]  # per mode: the service's processes
+    urls: dict[str, str]
+    body_file: Path
+    ctype: str
+    hlen: str
+    seconds: float
+
+    def cell(self, model: str, scenario: str, concurrency: int, rounds: int) -> Cell:
+        """A warm-up run of each mode, then ``rounds`` pairs in ABBA order; at
+        ``THROUGHPUT_AT``, two pairs more at a time while the cost's standard error is above
+        ``MAX_STDERR`` (up to twice ``rounds``: the rule looks at the pairs' spread, never at
+        the figure)."""
+        cell = Cell(model, scenario, concurrency)
+        for mode in ("off", "on"):
+            self.run(mode, concurrency)
+        for mode in order(rounds):
+            cell.runs[mode].append(self.run(mode, concurrency))
+        while (
+            concurrency == THROUGHPUT_AT
+            and cell.stderr() > MAX_STDERR
+            and len(cell.runs["off"]) < 2 * rounds
+        ):
+            for mode in order(2):
+                cell.runs[mode].append(self.run(mode, concurrency))
+        return cell
+
+    def run(self, mode: str, concurrency: int) -> Run:
+        """One wrk run against one service, then wait until that service is idle."""
+        pids = self.pids[mode]
+        start = cpu_s(pids["workers"]), cpu_s(pids["writer"])
+        result = wrk(
+            self.urls[mode], self.body_file, self.ctype, self.hlen, concurrency, self.seconds
+        )
+        settle(pids["workers"] + pids["writer"])
+        return Run(
+            int(result["requests"]),
+            result["duration_us"] / 1e6,
+            result["p99_us"] / 1e3,
+            cpu_s(pids["workers"]) - start[0],
+            cpu_s(pids["writer"]) - start[1],
+        )
 
 
 def format_cell(c: Cell) -> str:
     return (
         f"{c.model:18s} {c.scenario:10s} c={c.concurrency:<3d} off {c.req_s('off'):8,.0f} req/s "
-        f"on {c.req_s('on'):8,.0f} ({c.cost():6.1%})  p99 off {c.p99('off'):.3f} on "
+        f"on {c.req_s('on'):8,.0f} ({c.cost():6.1%} ± {100 * c.stderr():.1f}, "
+        f"{len(c.runs['off'])} pairs)  p99 off {c.p99('off'):.3f} on "
         f"{c.p99('on'):.3f} ms  CPU µs/req off {c.cpu_us('off'):.1f} on {c.cpu_us('on'):.1f} "
         f"(writer {c.cpu_us('on', 'writer'):.1f})"
     )
@@ -224,31 +255,36 @@ def table(cells: list[Cell], logged: dict[str, tuple[float, float, float]]) -> l
     """The cost table (Markdown lines): per model and protocol, throughput at concurrency 64
     and p99 at concurrency 1, on against off, and where the CPU goes."""
     by_key = {(c.model, c.scenario, c.concurrency): c for c in cells}
-    rounds = {c.concurrency: len(c.runs["off"]) for c in cells}
+    rounds = {c.concurrency: len(c.runs["off"]) for c in cells if c.concurrency == LATENCY_AT}
+    least = min((len(c.runs["off"]) for c in cells if c.concurrency == THROUGHPUT_AT), default=0)
     lines = [
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
         "Two services side by side on core 0, one with the log off and one with it on (its "
-        f"log at its bound), loaded in turn: {rounds.get(THROUGHPUT_AT, 0)} off/on pairs of "
-        f"runs per cell at concurrency {THROUGHPUT_AT}, {rounds.get(LATENCY_AT, 0)} at "
-        f"{LATENCY_AT}, in ABBA order. Throughput over all of a mode's runs; p99 the median "
-        "of its runs; in brackets the lowest and highest of the pairs. CPU: the service's "
-        "processes per request at concurrency 64, the log writer's share in brackets.",
+        f"log at its bound), loaded in turn: {least} off/on pairs of runs per cell at "
+        f"concurrency {THROUGHPUT_AT} (more, up to {2 * least}, where the cost's standard "
+        f"error was above {MAX_STDERR:.1%}: `pairs`), {rounds.get(LATENCY_AT, 0)} at "
+        f"{LATENCY_AT}, in ABBA order. Throughput over all of a mode's runs, ± the standard "
+        "error from the pairs; p99 the median of its runs; in brackets the lowest and "
+        "highest of the pairs. CPU: the service's processes per request at concurrency 64, "
+        "the log writer's share in brackets.",
         "",
-        "| model | scenario | c=64 req/s off | on | cost | CPU µs/req off | on (writer) "
-        "| p99 c=1 off ms | on ms | p99 ratio | dropped | bytes per prediction | pruned |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | scenario | c=64 req/s off | on | cost | pairs | CPU µs/req off "
+        "| on (writer) | p99 c=1 off ms | on ms | p99 ratio | dropped | bytes per prediction "
+        "| pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, scenario, concurrency), c in by_key.items():
         fast = by_key.get((model, scenario, LATENCY_AT))
         if concurrency != THROUGHPUT_AT or fast is None:
             continue
-        costs = [1 - b.req_s / a.req_s for a, b in zip(*c.runs.values(), strict=True)]
+        costs = c.pair_costs()
         ratios = [b.p99_ms / a.p99_ms for a, b in zip(*fast.runs.values(), strict=True)]
         size, dropped, pruned = logged.get(model, (0.0, 0.0, 0.0))
         lines.append(
             f"| {model} | {scenario} | {c.req_s('off'):,.0f} | {c.req_s('on'):,.0f} | "
-            f"{c.cost():.1%}{_spread(costs, '.1%')} | {c.cpu_us('off'):.1f} | "
+            f"{c.cost():.1%} ± {100 * c.stderr():.1f}{_spread(costs, '.1%')} | {len(costs)} | "
+            f"{c.cpu_us('off'):.1f} | "
             f"{c.cpu_us('on'):.1f} ({c.cpu_us('on', 'writer'):.1f}) | {fast.p99('off'):.3f} | "
             f"{fast.p99('on'):.3f} | {fast.p99('on') / fast.p99('off'):.2f}"
             f"{_spread(ratios, '.2f')} | {dropped:,.0f} | {size:,.0f} | {pruned:,.0f} |"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.logcost import Cell, Run, cpu_s, order, processes, settle, table
+from bench.logcost import MAX_STDERR, Cell, Load, Run, cpu_s, order, processes, settle, table
 
 
 def test_runs_alternate_in_abba_order() -> None:
@@ -30,15 +31,49 @@ def test_the_table_gives_throughput_over_all_runs_and_median_p99s() -> None:
     (row,) = [line for line in lines if line.startswith("| ann ")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     # 1 - 9,600 / 11,000 = 12.7 %; the pairs: 10.0 % and 15.0 %
-    assert cells[2:5] == ["11,000", "9,600", "12.7% (10.0% to 15.0%)"]
+    # standard error: stdev(10 %, 15 %) / sqrt(2) = 2.5 points
+    assert cells[2:6] == ["11,000", "9,600", "12.7% ± 2.5 (10.0% to 15.0%)", "2"]
     # CPU per request: 3.8 s / 44,000 off; 3.9 s (0.2 s the writer's) / 38,400 on
-    assert cells[5:7] == ["86.4", "101.6 (5.2)"]
+    assert cells[6:8] == ["86.4", "101.6 (5.2)"]
     # p99 medians 0.35 and 0.60: 1.71; pairs 2.00, 1.25, 2.20
-    assert cells[7:10] == ["0.350", "0.600", "1.71 (1.25 to 2.20)"]
-    assert cells[10:] == ["12", "220", "5,000"]
+    assert cells[8:11] == ["0.350", "0.600", "1.71 (1.25 to 2.20)"]
+    assert cells[11:] == ["12", "220", "5,000"]
     # the pairs per cell at each concurrency
-    assert "2 off/on pairs of runs per cell at concurrency 64, 3 at 1," in lines[2]
+    assert "2 off/on pairs of runs per cell at concurrency 64 (more, up to 4," in lines[2]
+    assert "), 3 at 1," in lines[2]
     assert table([busy], {}) == []  # no p99 cell: no row, no table
+
+
+class Scripted(Load):
+    """A Load whose runs come from a list (req/s of each run in turn), not from wrk."""
+
+    def __init__(self, rates: dict[str, list[float]]) -> None:
+        super().__init__({}, {}, Path("body"), "application/json", "", 2.0)
+        self.rates = {mode: iter(values) for mode, values in rates.items()}
+        self.done = 0
+
+    def run(self, mode: str, concurrency: int) -> Run:
+        self.done += 1
+        return run(round(2.0 * next(self.rates[mode])), 1.0)
+
+
+def test_a_cell_whose_pairs_disagree_gets_more_of_them_up_to_twice_the_rounds() -> None:
+    # steady: every pair costs 10 %, the standard error is 0: warm-up + 4 pairs, no more
+    steady = Scripted({"off": [1000.0] * 20, "on": [900.0] * 20})
+    cell = steady.cell("ann", "v1", 64, 4)
+    assert steady.done == 2 + 8 and len(cell.runs["on"]) == 4
+    assert cell.stderr() == 0 and abs(cell.cost() - 0.10) < 1e-9
+    # noisy: pairs of 0 % and 30 % in turn (standard error 7.5 points for 4 pairs, above
+    # MAX_STDERR whatever their number): two pairs more at a time up to 8
+    off = [1000.0] * 20
+    on = [1000.0 if i % 2 else 700.0 for i in range(20)]
+    noisy = Scripted({"off": off, "on": on})
+    cell = noisy.cell("ann", "v1", 64, 4)
+    assert len(cell.runs["off"]) == len(cell.runs["on"]) == 8 and noisy.done == 2 + 16
+    assert cell.stderr() > MAX_STDERR
+    # at concurrency 1 (p99) the rounds asked for, however noisy
+    quiet = Scripted({"off": off, "on": on})
+    assert len(quiet.cell("ann", "v1", 1, 4).runs["off"]) == 4
 
 
 def test_the_cpu_of_a_service_and_its_writer_is_read_from_proc() -> None:

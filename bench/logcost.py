@@ -255,15 +255,18 @@ def table(cells: list[Cell], logged: dict[str, tuple[float, float, float]]) -> l
     """The cost table (Markdown lines): per model and protocol, throughput at concurrency 64
     and p99 at concurrency 1, on against off, and where the CPU goes."""
     by_key = {(c.model, c.scenario, c.concurrency): c for c in cells}
-    rounds = {c.concurrency: len(c.runs["off"]) for c in cells if c.concurrency == LATENCY_AT}
-    least = min((len(c.runs["off"]) for c in cells if c.concurrency == THROUGHPUT_AT), default=0)
+
+    def fewest(concurrency: int) -> int:  # the pairs asked for (a cell may have more)
+        return min((len(c.runs["off"]) for c in cells if c.concurrency == concurrency), default=0)
+
+    least = fewest(THROUGHPUT_AT)
     lines = [
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
         "Two services side by side on core 0, one with the log off and one with it on (its "
         f"log at its bound), loaded in turn: {least} off/on pairs of runs per cell at "
         f"concurrency {THROUGHPUT_AT} (more, up to {2 * least}, where the cost's standard "
-        f"error was above {MAX_STDERR:.1%}: `pairs`), {rounds.get(LATENCY_AT, 0)} at "
+        f"error was above {100 * MAX_STDERR:g} points: `pairs`), {fewest(LATENCY_AT)} at "
         f"{LATENCY_AT}, in ABBA order. Throughput over all of a mode's runs, ± the standard "
         "error from the pairs; p99 the median of its runs; in brackets the lowest and "
         "highest of the pairs. CPU: the service's processes per request at concurrency 64, "

@@ -18,7 +18,7 @@ import pytest
 from tests.support import samples
 from tests.support.metrics_text import parse, value
 from tests.support.paths import MODELS
-from tests.support.server import running_server, writer_pid
+from tests.support.server import running_server, wait_for, writer_pid
 
 pytestmark = pytest.mark.timeout(180)
 BOUND = 3_000_000  # bytes: about 900 fashion-cnn predictions
@@ -81,6 +81,12 @@ def test_the_log_stays_within_its_byte_bound_under_load_and_feedback_still_joins
         for thread in threads:
             thread.join(30)
 
+        def settled() -> bool:  # the writer commits the last rows a linger window later
+            counts = parse(httpx.get(f"{server.url}/metrics").text)
+            done = value(counts, "nnserve_prediction_log_written_total")
+            return done + value(counts, "nnserve_prediction_log_dropped_total") >= len(statuses)
+
+        wait_for(settled, timeout=15)
         metrics = parse(httpx.get(f"{server.url}/metrics").text)
         written = value(metrics, "nnserve_prediction_log_written_total")
         pruned = value(metrics, "nnserve_prediction_log_pruned_total")

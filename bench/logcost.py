@@ -22,18 +22,22 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median, stdev
 
 from bench.harness import bodies, check_answer, path_for, sample_batch, start_server, wrk
-from bench.logsize import bytes_per_prediction, log_figures
+from bench.logsize import bytes_per_prediction, fill, log_figures
 from service.runtime.model import ServedModel
 
 #: Concurrency the throughput cost is read at, and the one the p99 ratio is read at.
 THROUGHPUT_AT, LATENCY_AT = 64, 1
+#: The two services of a cell, the log-off one first (on its port; the log-on one on the next).
+MODES = ("off", "on")
 #: A throughput cost whose standard error (from its pairs) is above this gets more pairs, two
 #: at a time, up to twice the rounds asked for: a cell run while the machine's speed swings
 #: is measured for longer rather than reported from the same few seconds as a steady one.
@@ -149,49 +153,85 @@ def settle(pids: list[int], timeout: float = 10.0) -> None:
 def measure(
     repository: Path,
     models: dict[str, ServedModel],
-    data: Path,
     rounds: dict[int, int],
     seconds: float,
+    fill_to: int | None,
 ) -> tuple[list[Cell], dict[str, tuple[float, float, float]]]:
     """The cells of every model (``rounds``: pairs of runs per concurrency), and per model
-    (bytes per prediction, dropped, pruned)."""
+    (bytes per prediction, dropped, pruned). Each model's log-on service has a log of its
+    own, filled (unless ``fill_to`` is None) to ``fill_to`` bytes with copies of the rows it
+    logs for that model: retention then prunes about one of the model's own predictions per
+    prediction logged, as in a service that serves it. (One log kept across the models made
+    each model prune the rows the models before it left: co2-lstm pruned 1.6 million of the
+    ANN's 203-byte predictions while it logged about 0.8 million of its 566 bytes, and its
+    writer spent 10.9 µs per request against 7-8 on a log of 1 KB rows.)"""
     cells: list[Cell] = []
     logged: dict[str, tuple[float, float, float]] = {}
     work = Path(tempfile.mkdtemp(prefix="nnserve-bench-cost-"))
-    port = 19000 + os.getpid() % 1000
-    ports = {"off": port, "on": port + 1}
-    servers = {
-        "off": start_server(repository, port, work / "off.log", False, work / "off-data"),
-        "on": start_server(repository, port + 1, work / "on.log", True, data),
-    }
+    port = 19000 + os.getpid() % 1000  # the log-off service's; the log-on one's is next
     try:
-        pids = {mode: processes(server.pid) for mode, server in servers.items()}
         for name, model in models.items():
-            before = log_figures(ports["on"])
-            for concurrency in (THROUGHPUT_AT, LATENCY_AT):
-                for scenario, (body, ctype, hlen) in bodies(model, sample_batch(model, 1)).items():
-                    body_file = work / f"{name}-{scenario}.body"
-                    body_file.write_bytes(body)
-                    path = path_for(name, scenario)
-                    urls = {mode: f"http://127.0.0.1:{p}{path}" for mode, p in ports.items()}
-                    for url in urls.values():
-                        check_answer(url, body, ctype, hlen)
-                    load = Load(pids, urls, body_file, ctype, hlen, seconds)
-                    cells.append(load.cell(name, scenario, concurrency, rounds[concurrency]))
-                    print(f"log cost {format_cell(cells[-1])}", flush=True)
-            after = log_figures(ports["on"])
-            logged[name] = (
-                bytes_per_prediction(data / "predictions.db", name),
-                after["dropped"] - before["dropped"],
-                after["pruned"] - before["pruned"],
-            )
+            data = work / f"{name}-data"
+            scenarios = bodies(model, sample_batch(model, 1))
+            if fill_to is not None:
+                filled = _seed_and_fill(repository, port + 1, work, data, name, scenarios, fill_to)
+                print(f"log cost: {name}'s log filled to {fill_to / 1e6:,.0f} MB with "
+                      f"{filled:,} copies of its own predictions", flush=True)  # fmt: skip
+            servers = {
+                "off": start_server(repository, port, work / "off.log", False, work / "off-data"),
+                "on": start_server(repository, port + 1, work / "on.log", True, data),
+            }
+            try:
+                pids = {mode: processes(server.pid) for mode, server in servers.items()}
+                before = log_figures(port + 1)
+                for concurrency in (THROUGHPUT_AT, LATENCY_AT):
+                    for scenario, body in scenarios.items():
+                        load = Load.of(pids, port, work, name, scenario, body, seconds)
+                        cells.append(load.cell(name, scenario, concurrency, rounds[concurrency]))
+                        print(f"log cost {format_cell(cells[-1])}", flush=True)
+                after = log_figures(port + 1)
+                logged[name] = (
+                    bytes_per_prediction(data / "predictions.db", name),
+                    after["dropped"] - before["dropped"],
+                    after["pruned"] - before["pruned"],
+                )
+            finally:
+                _stop(servers.values())
+            shutil.rmtree(data, ignore_errors=True)
     finally:
-        for server in servers.values():
-            server.terminate()
-        for server in servers.values():
-            server.wait(timeout=60)
         shutil.rmtree(work, ignore_errors=True)
     return cells, logged
+
+
+def _seed_and_fill(
+    repository: Path,
+    port: int,
+    work: Path,
+    data: Path,
+    name: str,
+    scenarios: dict[str, tuple[bytes, str, str]],
+    target: int,
+) -> int:
+    """A log-on service logs a second of each of ``name``'s scenarios at concurrency 64 into
+    ``data``, stops (flushing its log), and the log is filled with copies of those rows."""
+    server = start_server(repository, port, work / "seed.log", True, data)
+    try:
+        for scenario, (body, ctype, hlen) in scenarios.items():
+            body_file = work / f"{name}-{scenario}.body"
+            body_file.write_bytes(body)
+            url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
+            check_answer(url, body, ctype, hlen)
+            wrk(url, body_file, ctype, hlen, THROUGHPUT_AT, 1.0)
+    finally:
+        _stop([server])
+    return fill(data / "predictions.db", target, like=name)
+
+
+def _stop(servers: Iterable[subprocess.Popen[bytes]]) -> None:
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.wait(timeout=60)
 
 
 @dataclass
@@ -205,13 +245,36 @@ class Load:
     hlen: str
     seconds: float
 
+    @classmethod
+    def of(
+        cls,
+        pids: dict[str, dict[str, list[int]]],
+        port: int,
+        work: Path,
+        model: str,
+        scenario: str,
+        body: tuple[bytes, str, str],
+        seconds: float,
+    ) -> Load:
+        """``body`` (with its content type and header length) to ``model`` by ``scenario``'s
+        path on the log-off service at ``port`` and the log-on one at the next port; each
+        checked to answer it."""
+        content, ctype, hlen = body
+        body_file = work / f"{model}-{scenario}.body"
+        body_file.write_bytes(content)
+        path = path_for(model, scenario)
+        urls = {mode: f"http://127.0.0.1:{port + i}{path}" for i, mode in enumerate(MODES)}
+        for url in urls.values():
+            check_answer(url, content, ctype, hlen)
+        return cls(pids, urls, body_file, ctype, hlen, seconds)
+
     def cell(self, model: str, scenario: str, concurrency: int, rounds: int) -> Cell:
         """A warm-up run of each mode, then ``rounds`` pairs in ABBA order; at
         ``THROUGHPUT_AT``, two pairs more at a time while the cost's standard error is above
         ``MAX_STDERR`` (up to twice ``rounds``: the rule looks at the pairs' spread, never at
         the figure)."""
         cell = Cell(model, scenario, concurrency)
-        for mode in ("off", "on"):
+        for mode in MODES:
             self.run(mode, concurrency)
         for mode in order(rounds):
             cell.runs[mode].append(self.run(mode, concurrency))
@@ -263,13 +326,15 @@ def table(cells: list[Cell], logged: dict[str, tuple[float, float, float]]) -> l
     lines = [
         "## The prediction log's cost (same run; targets: cost ≤ 15 %, p99 ratio ≤ 2)",
         "",
-        "Two services side by side on core 0, one with the log off and one with it on (its "
-        f"log at its bound), loaded in turn: {least} off/on pairs of runs per cell at "
-        f"concurrency {THROUGHPUT_AT} (more, up to {2 * least}, where the cost's standard "
-        f"error was above {100 * MAX_STDERR:g} points: `pairs`), {fewest(LATENCY_AT)} at "
-        f"{LATENCY_AT}, in ABBA order. Throughput over all of a mode's runs, ± the standard "
-        "error from the pairs; p99 the median of its runs; in brackets the lowest and "
-        "highest of the pairs. CPU: the service's processes per request at concurrency 64, "
+        "Per model, two services side by side on core 0, one with the log off and one with "
+        "it on (its log near its bound, filled with copies of the model's own rows: "
+        "retention prunes about one of them per prediction logged), loaded in turn: "
+        f"{least} off/on pairs of runs per cell at concurrency {THROUGHPUT_AT} (more, up to "
+        f"{2 * least}, where the cost's standard error was above {100 * MAX_STDERR:g} "
+        f"points: `pairs`), {fewest(LATENCY_AT)} at {LATENCY_AT}, in ABBA order. "
+        "Throughput over all of a mode's runs, ± the standard error from the pairs; p99 the "
+        "median of its runs; in brackets the lowest and highest of the pairs. CPU: the "
+        "service's processes per request at concurrency 64, "
         "the log writer's share in brackets.",
         "",
         "| model | scenario | c=64 req/s off | on | cost | pairs | CPU µs/req off "

@@ -12,14 +12,17 @@ prediction, read while the service runs (WAL readers do not block the writer).""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from bench.harness import log_total
-from predictionlog.records import stored
+from predictionlog.records import Stored, stored
 from predictionlog.sqlite import SQLiteStore
 
 _BATCH_BYTES = (
@@ -47,33 +50,67 @@ def bytes_per_prediction(database: Path, model: str) -> float:
 
 
 #: The bench's log starts at this fraction of its byte bound (between retention's marks,
-#: 0.85 and 0.95), filled with rows of this model name ...
+#: 0.85 and 0.95); without a model to copy, with rows of this model name ...
 FILL_FRACTION, FILL_MODEL = 0.9, "bench-fill"
 #: ... each with this many bytes of incompressible input (stored as they are), in batches of
 #: this many (about what a service at concurrency 64 sends in one of its 5 ms messages).
 FILL_ROW_BYTES, FILL_BATCH = 1024, 32
 
 
-def fill(database: Path, target: int) -> int:
-    """Fill the SQLite log at ``database`` with synthetic predictions an hour old until the
-    bytes its bound counts reach ``target``, so that the bench measures a log at its bound
-    (a service's steady state: retention prunes as much as is logged) rather than a young
-    one; the rows written."""
+def fill(database: Path, target: int, like: str | None = None) -> int:
+    """Fill the SQLite log at ``database`` with predictions an hour old until the bytes its
+    bound counts reach ``target``, so that the bench measures a log at its bound (a service's
+    steady state: retention prunes as much as is logged) rather than a young one; the
+    predictions written, each with an id of its own.
+
+    With ``like``: copies of that model's batches already in the log (rows its service logged:
+    their shapes, packing, labels and batch sizes), so that each logged prediction makes
+    retention prune about one (a service that serves this model). Without: synthetic 1 KB
+    rows of :data:`FILL_MODEL`."""
+    at = time.time() - 3600
+    with SQLiteStore(database) as store, closing(sqlite3.connect(database)) as pages:
+        seeds = _logged(pages, like) if like else [_synthetic()]
+        if not seeds:
+            raise ValueError(f"no batch of {like!r} in {database} to copy")
+        written = 0
+        while _in_use(pages) < target:
+            batches = []
+            for k in range(64):
+                seed = seeds[k % len(seeds)]
+                head = orjson.loads(seed.rows)
+                head.pop("traces", None)
+                head["ids"] = [f"fill{written + i:016x}" for i in range(seed.n)]
+                head["times"] = [at] * seed.n
+                batches.append(seed._replace(time=at, rows=orjson.dumps(head).decode()))
+                written += seed.n
+            store.write_batches(batches)
+    os.sync()  # the runs that follow must not pay for writing the fill back to the disk
+    return written
+
+
+def _synthetic() -> Stored:
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal((FILL_BATCH, FILL_ROW_BYTES // 4), "<f4")
     outputs = rng.random((FILL_BATCH, 10)).astype("<f4")
-    written = 0
-    at = time.time() - 3600
-    with SQLiteStore(database) as store:
-        while store.usage().bytes < target:
-            batches = []
-            for _ in range(64):
-                ids = [f"fill-{written + i:010x}" for i in range(FILL_BATCH)]
-                batches.append(stored(FILL_MODEL, 1, ids, [at] * FILL_BATCH,
-                                      ["fill"] * FILL_BATCH, None, inputs, outputs))  # fmt: skip
-                written += FILL_BATCH
-            store.write_batches(batches)
-    return written
+    n = FILL_BATCH
+    return stored(FILL_MODEL, 1, [""] * n, [0.0] * n, ["fill"] * n, None, inputs, outputs)
+
+
+def _logged(conn: sqlite3.Connection, model: str) -> list[Stored]:
+    """Up to 256 of ``model``'s batches in the log, as stored."""
+    found = conn.execute(
+        "SELECT time, model, version, n, rows, input_shape, inputs, output_shape, outputs "
+        "FROM prediction_batches WHERE model = ? LIMIT 256",
+        (model,),
+    )
+    return [Stored(*row) for row in found]
+
+
+def _in_use(conn: sqlite3.Connection) -> int:
+    """The bytes of the pages in use, what the log's byte bound counts (``SQLiteStore``)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int((pages - free) * conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 def log_figures(port: int) -> dict[str, float]:

@@ -11,9 +11,10 @@
    and 32-sample requests at concurrency 16; once with the prediction log off and once on
    (sampling 1.0); the log starts at 90 % of its byte bound, so every log-on run is at its
    bound;
-4. before those, the log's cost (``bench.logcost``): a service with the log off and one with
-   it on side by side, loaded in turn in short interleaved runs, throughput at concurrency 64
-   and p99 at concurrency 1, with the CPU each spends per request and bytes per prediction.
+4. before those, the log's cost (``bench.logcost``): per model, a service with the log off and
+   one with it on side by side (its log near its bound, filled with copies of the model's own
+   rows), loaded in turn in short interleaved runs, throughput at concurrency 64 and p99 at
+   concurrency 1, with the CPU each spends per request and bytes per prediction.
 
 Every service figure is printed beside its ratio to raw onnxruntime on the same core in the
 same run (samples/s ÷ raw samples/s at the same batch size). Results go to bench/results/ as
@@ -180,19 +181,17 @@ def main() -> None:
         rows += codec_cost(model, min(seconds, 2.0))
     os.sched_setaffinity(0, {0, 1})
 
-    # The log's database is kept for the whole run, so it grows as it would; it starts near
-    # its bound, so that every log-on run prunes as it logs (steady state). Its cost first,
-    # then every scenario with the log off and on, each mode in a fresh service process per
-    # model: no model's scenarios run in the wake of the previous model's batch-32 flood.
+    # The log's cost first (each model's log-on service with a log of its own near its bound,
+    # ``logcost.measure``); then every scenario with the log off and on, each mode in a fresh
+    # service process per model (no model's scenarios run in the wake of the previous model's
+    # batch-32 flood), their log kept for the whole pass, so it grows as it would; it starts
+    # near its bound, so that every log-on run prunes as it logs (steady state).
     modes = ["off", "on"] if args.prediction_log == "both" else [args.prediction_log]
     cost: list[str] = []
+    bound = Settings().prediction_log_max_bytes
+    fill_to = int(FILL_FRACTION * bound) if args.log_start == "near-bound" else None
     data = Path(tempfile.mkdtemp(prefix="nnserve-bench-data-"))
     try:
-        if "on" in modes and args.log_start == "near-bound":
-            bound = Settings().prediction_log_max_bytes
-            filled = fill(data / "predictions.db", int(FILL_FRACTION * bound))
-            print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
-                  f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
         if modes == ["off", "on"]:
             busy, quiet, run_s = (
                 (2, 2, 1.0)
@@ -200,7 +199,11 @@ def main() -> None:
                 else (args.cost_rounds, args.cost_latency_rounds, args.cost_seconds)
             )
             rounds = {logcost.THROUGHPUT_AT: busy, logcost.LATENCY_AT: quiet}
-            cost = logcost.table(*logcost.measure(args.repository, models, data, rounds, run_s))
+            cost = logcost.table(*logcost.measure(args.repository, models, rounds, run_s, fill_to))
+        if "on" in modes and fill_to is not None:
+            filled = fill(data / "predictions.db", fill_to)
+            print(f"prediction log filled to {FILL_FRACTION:.0%} of {bound / 1e6:,.0f} MB "
+                  f"({filled:,} rows of 1 KB)", flush=True)  # fmt: skip
         for name, model in models.items():
             for mode in modes:
                 rows += serve(args.repository, {name: model}, raw, seconds, mode, data)
@@ -283,11 +286,12 @@ def write_results(rows: list[Row], cost: list[str]) -> None:
         "Service pinned to core 0 (`taskset`; its prediction-log writer process too), wrk on "
         "core 1; raw onnxruntime and codec rows in-process on core 0, one thread. `ratio` = "
         "service samples/s ÷ raw onnxruntime samples/s at the same batch size, same run; "
-        "`log` = the service's prediction log off or on (sampling 1.0). Per model, a fresh "
-        "service with the log off, then one with it on, back to back; the log's database is "
-        "kept across the models of a run, and starts at 90 % of its 1 GB bound (synthetic 1 KB "
-        "rows), so retention prunes while every log-on run logs, as in a service's steady "
-        "state (`pruned`: rows it removed during the model's runs of the log's cost).",
+        "`log` = the service's prediction log off or on (sampling 1.0). Each log starts "
+        "at 90 % of its 1 GB bound, so retention prunes while every log-on run logs, as in a "
+        "service's steady state: in the log's cost, a log per model filled with copies of its "
+        "own rows (`pruned`: rows removed during the model's cost runs); in the table below, "
+        "per model a fresh service with the log off, then one with it on, back to back, their "
+        "log kept across the models of the run and filled with synthetic 1 KB rows.",
         "",
         *cost,
         "| model | scenario | log | batch | conc. | req/s | samples/s | p50 ms | p99 ms | "

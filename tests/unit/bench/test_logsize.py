@@ -9,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.logsize import FILL_MODEL, FILL_ROW_BYTES, bytes_per_prediction, fill
 from predictionlog import Batch
@@ -62,7 +63,7 @@ def test_the_bench_log_starts_filled_near_its_bound(tmp_path: Path) -> None:
     with SQLiteStore(path) as store:
         usage = store.usage()
         assert store.count_predictions(FILL_MODEL) == usage.rows == written
-        first = store.get_prediction("fill-0000000000")
+        first = store.get_prediction(f"fill{0:016x}")
     assert target <= usage.bytes < target + 4096 * 2 * FILL_ROW_BYTES  # one step over at most
     assert first is not None and first.inputs.shape == (FILL_ROW_BYTES // 4,)
     assert usage.oldest is not None and usage.oldest < time.time() - 3000
@@ -70,3 +71,30 @@ def test_the_bench_log_starts_filled_near_its_bound(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:
         (stored,) = conn.execute("SELECT length(inputs) FROM predictions LIMIT 1").fetchone()
     assert stored == FILL_ROW_BYTES
+
+
+def test_a_models_log_fills_with_copies_of_its_own_rows(tmp_path: Path) -> None:
+    """With ``like``, ``fill`` copies the batches the model already has in the log (the
+    service's own rows, packed as it packs them) with fresh ids and old times, so that a
+    bench's retention prunes that model's predictions, one for about each one logged."""
+    path = tmp_path / "predictions.db"
+    with SQLiteStore(path) as store:
+        for start in range(0, 300, 30):
+            store.write_batches([logged("images", 30, 784, start).stored()])
+        seeded = store.get_prediction("images-00000031")
+    written = fill(path, 4_000_000, like="images")
+    with SQLiteStore(path) as store:
+        usage = store.usage()
+        assert store.count_predictions("images") == usage.rows == written + 300
+        copy = store.get_prediction(f"fill{31:016x}")  # the second row of the second seed
+    assert 4_000_000 <= usage.bytes < 4_000_000 + 64 * 30 * 794 * 4 * 2  # one step over at most
+    assert seeded is not None and copy is not None
+    np.testing.assert_array_equal(copy.inputs, seeded.inputs)
+    np.testing.assert_array_equal(copy.outputs, seeded.outputs)
+    assert (copy.model, copy.label) == ("images", "a") and copy.time < time.time() - 3000
+    with closing(sqlite3.connect(path)) as conn:
+        query = "SELECT count(id), count(DISTINCT id) FROM predictions"
+        ids, distinct = conn.execute(query).fetchone()
+        assert ids == distinct == usage.rows
+    with pytest.raises(ValueError, match="absent"):
+        fill(path, 8_000_000, like="absent")

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -38,8 +38,10 @@ from bench.harness import (
     path_for,
     sample_batch,
     start_server,
+    stop,
     wrk,
 )
+from bench.procs import cpu_s, tree
 from modelrepo import scan
 from service.runtime.model import ServedModel
 
@@ -47,35 +49,8 @@ CONCURRENCY = 64
 ROLES = ("master", "log writer", "worker")
 
 
-def stat(pid: int | str) -> list[str]:
-    """/proc/<pid>/stat from field 3 (state) on: [1] is the parent, [11] utime, [12] stime."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
-def tree(root: int) -> dict[int, str]:
-    """The service's processes, pid -> master, log writer or worker (the master's children
-    that are not the writer)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with suppress(OSError):  # gone meanwhile
-                children.setdefault(int(stat(entry.name)[1]), []).append(int(entry.name))
-    found, todo = {root: "master"}, [root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            found[pid] = "log writer" if b"predictionlog" in command else "worker"
-            todo.append(pid)
-    return found
-
-
 def cpu_seconds(root: int) -> float:
-    ticks = sum(int(f[11]) + int(f[12]) for f in map(stat, tree(root)))
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return cpu_s(list(tree(root)))
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -105,8 +80,7 @@ def serving(
         check_answer(url, body, ctype, hlen)
         yield server.pid, port, partial(wrk, url, work / "body", ctype, hlen, CONCURRENCY)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop(server)
 
 
 def memory_lines(model: ServedModel, workers: int, seconds: float, work: Path) -> list[str]:

@@ -40,6 +40,7 @@ from bench.harness import (
     path_for,
     sample_batch,
     start_server,
+    stop,
     wrk,
 )
 from modelrepo import scan
@@ -85,8 +86,7 @@ def measure(repository: Path, model: ServedModel, mode: str, seconds: float) -> 
         if spin is not None:
             spin.kill()
             spin.wait()
-        server.terminate()
-        server.wait()
+        stop(server)
 
 
 def fill(base: str, url: str, body: Path, ctype: str, hlen: str) -> None:

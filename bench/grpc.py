@@ -54,6 +54,7 @@ from bench.harness import (
     path_for,
     sample_batch,
     start_server,
+    stop,
     write_csv,
     wrk,
 )
@@ -312,8 +313,7 @@ def main() -> None:
                 rows.append(measure_bare(name, model, grpc_port + 1, work, seconds))
                 print(format_row(rows[-1]), flush=True)
         finally:
-            bare.terminate()
-            bare.wait(timeout=60)
+            stop(bare)
         for name, model in models.items():  # a fresh service per model, as bench.run does
             server = start_server(
                 args.repository, port, work / "server.log", args.prediction_log == "on"
@@ -323,8 +323,7 @@ def main() -> None:
                     row.ratio_to_raw = row.samples_s / raw[(name, row.batch)]
                     rows.append(row)
             finally:
-                server.terminate()
-                server.wait(timeout=60)
+                stop(server)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_results(rows, args.prediction_log)

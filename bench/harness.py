@@ -137,6 +137,14 @@ def start_server(
     raise SystemExit(f"the service did not start; see {log}")
 
 
+def stop(*servers: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to each of ``servers`` at once (each drains and flushes its log), then wait."""
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.wait(timeout=60)
+
+
 def wrk(
     url: str,
     body_file: Path,

@@ -22,16 +22,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median, stdev
 
-from bench.harness import bodies, check_answer, path_for, sample_batch, start_server, wrk
-from bench.logsize import bytes_per_prediction, fill, log_figures
+from bench.harness import bodies, check_answer, path_for, sample_batch, start_server, stop, wrk
+from bench.logsize import bytes_per_prediction, log_figures, seed_and_fill
+from bench.procs import cpu_s, processes, settle
 from service.runtime.model import ServedModel
 
 #: Concurrency the throughput cost is read at, and the one the p99 ratio is read at.
@@ -42,7 +40,6 @@ MODES = ("off", "on")
 #: at a time, up to twice the rounds asked for: a cell run while the machine's speed swings
 #: is measured for longer rather than reported from the same few seconds as a steady one.
 MAX_STDERR = 0.025
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -100,56 +97,6 @@ def order(rounds: int) -> list[str]:
     return [m for r in range(rounds) for m in (("off", "on") if r % 2 == 0 else ("on", "off"))]
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
-
-
-def processes(root: int) -> dict[str, list[int]]:
-    """The service's processes: ``workers`` (its own) and ``writer`` (the log writer)."""
-    kids, found = _children(), {"workers": [root], "writer": []}
-    stack = list(kids.get(root, []))
-    while stack:
-        pid = stack.pop()
-        try:
-            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        found["writer" if b"predictionlog" in command else "workers"].append(pid)
-        stack += kids.get(pid, [])
-    return found
-
-
-def cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` so far (those gone count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICK
-
-
-def settle(pids: list[int], timeout: float = 10.0) -> None:
-    """Wait until ``pids`` use under 5 % of a core over 0.2 s (or ``timeout``)."""
-    deadline, last = time.monotonic() + timeout, cpu_s(pids)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = cpu_s(pids)
-        if now - last < 0.01:
-            return
-        last = now
-
-
 def measure(
     repository: Path,
     models: dict[str, ServedModel],
@@ -174,7 +121,7 @@ def measure(
             data = work / f"{name}-data"
             scenarios = bodies(model, sample_batch(model, 1))
             if fill_to is not None:
-                filled = _seed_and_fill(repository, port + 1, work, data, name, scenarios, fill_to)
+                filled = seed_and_fill(repository, port + 1, work, data, name, scenarios, fill_to)
                 print(f"log cost: {name}'s log filled to {fill_to / 1e6:,.0f} MB with "
                       f"{filled:,} copies of its own predictions", flush=True)  # fmt: skip
             servers = {
@@ -196,42 +143,11 @@ def measure(
                     after["pruned"] - before["pruned"],
                 )
             finally:
-                _stop(servers.values())
+                stop(*servers.values())
             shutil.rmtree(data, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return cells, logged
-
-
-def _seed_and_fill(
-    repository: Path,
-    port: int,
-    work: Path,
-    data: Path,
-    name: str,
-    scenarios: dict[str, tuple[bytes, str, str]],
-    target: int,
-) -> int:
-    """A log-on service logs a second of each of ``name``'s scenarios at concurrency 64 into
-    ``data``, stops (flushing its log), and the log is filled with copies of those rows."""
-    server = start_server(repository, port, work / "seed.log", True, data)
-    try:
-        for scenario, (body, ctype, hlen) in scenarios.items():
-            body_file = work / f"{name}-{scenario}.body"
-            body_file.write_bytes(body)
-            url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
-            check_answer(url, body, ctype, hlen)
-            wrk(url, body_file, ctype, hlen, THROUGHPUT_AT, 1.0)
-    finally:
-        _stop([server])
-    return fill(data / "predictions.db", target, like=name)
-
-
-def _stop(servers: Iterable[subprocess.Popen[bytes]]) -> None:
-    for server in servers:
-        server.terminate()
-    for server in servers:
-        server.wait(timeout=60)
 
 
 @dataclass

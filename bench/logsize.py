@@ -1,6 +1,6 @@
-"""The prediction log in the bench: its start near the bound (:func:`fill`), bytes per
-logged prediction (:func:`bytes_per_prediction`), drops and prunes (its cost:
-``bench.logcost``).
+"""The prediction log in the bench: its start near the bound (:func:`fill`; from a model's
+own rows, :func:`seed_and_fill`), bytes per logged prediction (:func:`bytes_per_prediction`),
+drops and prunes (its cost: ``bench.logcost``).
 
 Bytes per logged prediction, per model, come from the log's SQLite file itself.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.harness import log_total
+from bench.harness import check_answer, log_total, path_for, start_server, stop, wrk
 from predictionlog.records import Stored, stored
 from predictionlog.sqlite import SQLiteStore
 
@@ -86,6 +86,34 @@ def fill(database: Path, target: int, like: str | None = None) -> int:
             store.write_batches(batches)
     os.sync()  # the runs that follow must not pay for writing the fill back to the disk
     return written
+
+
+#: The concurrency the seed rows are logged at (the log's cost's throughput cells' own).
+SEED_CONCURRENCY = 64
+
+
+def seed_and_fill(
+    repository: Path,
+    port: int,
+    work: Path,
+    data: Path,
+    name: str,
+    scenarios: dict[str, tuple[bytes, str, str]],
+    target: int,
+) -> int:
+    """A log-on service logs a second of each of ``name``'s scenarios at concurrency 64 into
+    ``data``, stops (flushing its log), and the log is filled with copies of those rows."""
+    server = start_server(repository, port, work / "seed.log", True, data)
+    try:
+        for scenario, (body, ctype, hlen) in scenarios.items():
+            body_file = work / f"{name}-{scenario}.body"
+            body_file.write_bytes(body)
+            url = f"http://127.0.0.1:{port}{path_for(name, scenario)}"
+            check_answer(url, body, ctype, hlen)
+            wrk(url, body_file, ctype, hlen, SEED_CONCURRENCY, 1.0)
+    finally:
+        stop(server)
+    return fill(data / "predictions.db", target, like=name)
 
 
 def _synthetic() -> Stored:

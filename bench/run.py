@@ -48,6 +48,7 @@ from bench.harness import (
     path_for,
     sample_batch,
     start_server,
+    stop,
     write_csv,
     wrk,
 )
@@ -262,8 +263,7 @@ def serve(
                     rows.append(row)
                     print(f"log {mode:3s} {format_row(row)}", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop(server)
     return rows
 
 

@@ -28,6 +28,7 @@ from bench.harness import (
     path_for,
     sample_batch,
     start_server,
+    stop,
     wrk,
 )
 from modelrepo import scan
@@ -60,8 +61,7 @@ def measure(
         wall = time.perf_counter() - started
         wrk_cpu = children_cpu() - cpu  # wrk is the only child that exited meanwhile
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop(server)
     errors = sum(result[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
     return {
         "req_s": result["requests"] / (result["duration_us"] / 1e6),

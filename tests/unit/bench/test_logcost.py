@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.logcost import MAX_STDERR, Cell, Load, Run, cpu_s, order, processes, settle, table
+from bench.logcost import MAX_STDERR, Cell, Load, Run, order, table
+from bench.procs import cpu_s, processes, settle
 
 
 def test_runs_alternate_in_abba_order() -> None:

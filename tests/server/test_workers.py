@@ -212,14 +212,28 @@ def test_sigterm_drains_every_worker_and_loses_no_row(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     root = copy_models(tmp_path, "fashion-cnn")
-    store: dict[str, str] = {}
-    if backend == "postgres":
-        server_pg: PostgresServer = request.getfixturevalue("postgres")
-        store["NNSERVE_PREDICTION_LOG_URL"] = server_pg.new_database()
+    server_pg: PostgresServer | None = (
+        request.getfixturevalue("postgres") if backend == "postgres" else None
+    )
+    # Every attempt must lose nothing; at least one must send SIGTERM while requests are still
+    # being handled (on a loaded machine the metrics may answer only once all 16 are done).
+    in_flight = [drain(root, tmp_path / "first", server_pg)]
+    for attempt in range(2):
+        if in_flight[-1] > 0:
+            break
+        in_flight.append(drain(root, tmp_path / f"again-{attempt}", server_pg))
+    assert in_flight[-1] > 0, in_flight  # some were still being handled: the drain was tested
+
+
+def drain(root: Path, work: Path, postgres: PostgresServer | None) -> float:
+    """16 requests of 128 images on two workers, SIGTERM once all have reached a worker;
+    every one answered and every row logged. How many were in flight at SIGTERM."""
+    work.mkdir()
+    store = {} if postgres is None else {"NNSERVE_PREDICTION_LOG_URL": postgres.new_database()}
     body = orjson.dumps({"instances": samples.images(128).astype(int).tolist()})
     headers = {"content-type": "application/json"}
     with running_server(
-        root, tmp_path, NNSERVE_WORKERS="2", NNSERVE_MAX_BATCH_SIZE="128",
+        root, work, NNSERVE_WORKERS="2", NNSERVE_MAX_BATCH_SIZE="128",
         NNSERVE_MAX_QUEUE_SIZE="4096", NNSERVE_INFERENCE_THREADS="1", **store,
     ) as server:  # fmt: skip
         wait_for_workers(server, 2)
@@ -236,10 +250,10 @@ def test_sigterm_drains_every_worker_and_loses_no_row(
             os.kill(server.process.pid, signal.SIGTERM)
             responses = [f.result() for f in futures]
         assert server.process.wait(30) == 0
-    assert in_flight > 0  # some were still being handled: the drain was tested
     assert [r.status_code for r in responses] == [200] * 16
     assert len({r.headers["x-request-id"][:8] for r in responses}) == 2  # both workers
-    assert logged_rows(store.get("NNSERVE_PREDICTION_LOG_URL"), tmp_path, server) == 16 * 128
+    assert logged_rows(store.get("NNSERVE_PREDICTION_LOG_URL"), work, server) == 16 * 128
+    return in_flight
 
 
 def wait_until_started(server: Server, model: str, n: int, timeout: float = 30.0) -> float:

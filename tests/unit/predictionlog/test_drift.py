@@ -48,18 +48,38 @@ def test_sequences_count_every_time_step() -> None:
     assert drift.counts.sum(axis=1).tolist() == [50] * 12
 
 
-def test_a_wide_input_offers_pauses_while_it_is_binned() -> None:
-    """co2-lstm's 104 features: a pause after every 24 features binned, the same counts."""
+def test_binning_all_features_at_once_matches_searchsorted_per_feature() -> None:
+    """co2-lstm's 104 features: values on the edges, beyond both ends, infinite and NaN get
+    the bins that ``searchsorted(side="right")`` gives them, feature by feature."""
     card = read_card(MODELS / "co2-lstm" / "1")
-    rows = np.random.default_rng(0).normal(330, 30, size=(40, 104)).astype(np.float32)
-    paused, plain = Drift(card, window=100), Drift(card, window=100)
-    pauses: list[int] = []
-    paused.add(rows, lambda: pauses.append(1))
-    plain.add(rows)
-    assert len(pauses) == 104 // 24
-    np.testing.assert_array_equal(paused.counts, plain.counts)
-    np.testing.assert_array_equal(paused.ring, plain.ring)
-    assert paused.counts.sum() == 40 * 104
+    rng = np.random.default_rng(0)
+    rows = rng.normal(330, 30, size=(300, 104)).astype(np.float32)
+    edges = [np.asarray(base.bin_edges) for base in card.baseline]
+    for f, e in enumerate(edges):
+        rows[f, f] = np.float32(e[f % len(e)])  # exactly on an edge (as float32 holds it)
+        rows[104 + f, f] = [-np.inf, np.inf, np.nan, e[0] - 1e6, e[-1] + 1e6][f % 5]
+    drift = Drift(card, window=300)
+    drift.add(rows)
+    expected = np.stack(
+        [np.searchsorted(e, rows[:, f], side="right") for f, e in enumerate(edges)], axis=1
+    )
+    np.testing.assert_array_equal(drift.ring, expected)
+    assert np.isnan(rows).sum() == 104 // 5 + 1  # NaN really was among the values
+    assert drift.counts.sum() == 300 * 104
+
+
+def test_a_feature_with_fewer_edges_adds_nothing_from_the_bins_it_lacks() -> None:
+    """Deciles of a feature with ties have fewer edges: its PSI is that of its own bins."""
+    card = read_card(MODELS / "breast-cancer-ann" / "1")
+    first = card.baseline[0]
+    short = first.model_copy(update={"bin_edges": first.bin_edges[::2], "fractions": [0.2] * 5})
+    ragged = card.model_copy(update={"baseline": [short, *card.baseline[1:]]})
+    rows = np.random.default_rng(2).normal(size=(80, 30)).astype(np.float32) * 5 + 10
+    drift = Drift(ragged, window=80)
+    drift.add(rows)
+    got = dict(drift.psi())
+    np.testing.assert_allclose(got[short.name], naive_psi([short], rows[:, :1])[0], rtol=1e-12)
+    assert drift.counts[0, 6:].sum() == 0
 
 
 def test_an_update_bins_only_the_rows_that_stay_in_the_window() -> None:

@@ -2,7 +2,7 @@
 request never waits long for it, and on a saturated service it still keeps up.
 
 The writer calls :meth:`Pacer.pause` between small steps of work (a message read, 8 rows
-inserted or pruned, 24 features of drift, a commit); once its steps since the last pause (or
+inserted or pruned, 128 rows of drift, a commit); once its steps since the last pause (or
 since it woke) took ``BURST_S`` (100 µs), the pacer offers the CPU with ``sched_yield``, so a
 request that arrived meanwhile waits at most about one burst. Two exceptions:
 

@@ -326,29 +326,47 @@ def test_two_replicas_behave_as_one_service(tmp_path: Path, postgres: PostgresSe
 
 
 def test_a_worker_crash_mid_request_gives_a_clean_error(two_workers: Server) -> None:
+    """The request is in a worker when it dies: its connection was served a request
+    already (so a worker accepted it), and its body is half sent when both workers are
+    killed. (Killing them while a client sent request after request could fall between two
+    requests: the client then reconnects to the fresh workers, with nothing to report.)"""
     server = two_workers
-    body = instances(ANN, 1)
-    body["instances"] = body["instances"] * 2000
+    body = orjson.dumps(instances(ANN, 4))
+    half_sent, killed = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
-    def slow() -> None:
+    def halves() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        half_sent.set()
+        killed.wait(10)
+        yield body[len(body) // 2 :]
+
+    def request() -> None:
         try:
             with httpx.Client(timeout=10) as client:
-                for _ in range(200):
-                    client.post(f"{server.url}/v1/models/{ANN}:predict", json=body)
+                assert client.get(f"{server.url}/v2/health/live").status_code == 200
+                client.post(
+                    f"{server.url}/v1/models/{ANN}:predict",
+                    content=halves(),
+                    headers={"content-type": "application/json"},
+                )
         except httpx.TransportError as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=slow)
+    thread = threading.Thread(target=request)
     thread.start()
-    time.sleep(0.3)
+    assert half_sent.wait(10), "the request never started"
     started = time.monotonic()
     for pid in workers_of(server):
         os.kill(pid, signal.SIGKILL)  # whichever one holds the connection
+    killed.set()
     thread.join(15)
     assert not thread.is_alive(), "a client hung on a killed worker"
     assert errors and time.monotonic() - started < 10
-    assert isinstance(errors[0], (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError))
+    assert isinstance(
+        errors[0],
+        (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError),
+    )
     wait_for_workers(server, 2, timeout=30)
     deadline = time.monotonic() + 30
     while fresh(f"{server.url}/v2/health/ready").status_code != 200:
